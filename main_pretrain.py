@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Self-supervised pretraining: ``python main_pretrain.py --method dino [original main_dino.py flags]``.
+
+Runs as one plain process (CPU or one GPU) or under ``torchrun --nproc_per_node N`` (DDP; NCCL on
+GPU, Gloo on CPU). Re-running the same command resumes from ``output_dir/checkpoint.pth``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ssvit.config import build_pretrain_parser, parse_with_config, save_config
+from ssvit.data import DataError
+from ssvit.engine.checkpoint import CheckpointError
+from ssvit.methods import get_method
+
+
+def get_args_parser(argv=None) -> argparse.ArgumentParser:
+    parser = build_pretrain_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="dino")
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    method = known.method
+    if known.config and method == "dino" and "--method" not in (argv or []):
+        import yaml
+        with open(known.config) as f:
+            method = (yaml.safe_load(f) or {}).get("method", method)
+    try:
+        get_method(method).add_args(parser)
+    except ValueError as e:
+        parser.error(str(e))
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = get_args_parser(argv)
+    args = parse_with_config(parser, argv)
+    from ssvit.engine.pretrain import Trainer
+    try:
+        trainer = Trainer(args)
+        if trainer.dist.is_main:
+            save_config(args, os.path.join(args.output_dir, "config.yaml"))
+            print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+        trainer.fit()
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Command-line flags (the originals' names and defaults) with YAML configs as defaults.
+
+Precedence: built-in defaults < ``--config FILE.yaml`` < flags on the command line. The merged
+configuration is written to ``output_dir/config.yaml`` by the entry points.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import yaml
+
+
+def bool_flag(s) -> bool:
+    """Parse on/true/1 and off/false/0 (case-insensitive), as the originals' ``bool_flag``."""
+    if isinstance(s, bool):
+        return s
+    if str(s).lower() in {"off", "false", "0"}:
+        return False
+    if str(s).lower() in {"on", "true", "1"}:
+        return True
+    raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {s!r} (use true/false)")
+
+
+def add_dino_args(parser: argparse.ArgumentParser) -> None:
+    """Every flag of facebookresearch/dino ``main_dino.py`` with its default."""
+    p = parser
+    p.add_argument("--arch", default="vit_small", type=str, help="backbone name (see ssvit.models.list_backbones)")
+    p.add_argument("--patch_size", default=16, type=int)
+    p.add_argument("--out_dim", default=65536, type=int)
+    p.add_argument("--norm_last_layer", default=True, type=bool_flag)
+    p.add_argument("--momentum_teacher", default=0.996, type=float)
+    p.add_argument("--use_bn_in_head", default=False, type=bool_flag)
+    p.add_argument("--warmup_teacher_temp", default=0.04, type=float)
+    p.add_argument("--teacher_temp", default=0.04, type=float)
+    p.add_argument("--warmup_teacher_temp_epochs", default=0, type=int)
+    p.add_argument("--use_fp16", type=bool_flag, default=True, help="mixed precision on GPU (ignored on CPU)")
+    p.add_argument("--weight_decay", type=float, default=0.04)
+    p.add_argument("--weight_decay_end", type=float, default=0.4)
+    p.add_argument("--clip_grad", type=float, default=3.0)
+    p.add_argument("--batch_size_per_gpu", default=64, type=int)
+    p.add_argument("--epochs", default=100, type=int)
+    p.add_argument("--freeze_last_layer", default=1, type=int)
+    p.add_argument("--lr", default=0.0005, type=float, help="peak lr for a total batch of 256 (linear scaling)")
+    p.add_argument("--warmup_epochs", default=10, type=int)
+    p.add_argument("--min_lr", type=float, default=1e-6)
+    p.add_argument("--optimizer", default="adamw", type=str, choices=["adamw", "sgd", "lars"])
+    p.add_argument("--drop_path_rate", type=float, default=0.1)
+    p.add_argument("--global_crops_scale", type=float, nargs="+", default=(0.4, 1.0))
+    p.add_argument("--local_crops_number", type=int, default=8)
+    p.add_argument("--local_crops_scale", type=float, nargs="+", default=(0.05, 0.4))
+    p.add_argument("--data_path", default="/path/to/imagenet/train/", type=str)
+    p.add_argument("--output_dir", default=".", type=str)
+    p.add_argument("--saveckp_freq", default=20, type=int)
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--num_workers", default=10, type=int)
+    p.add_argument("--dist_url", default="env://", type=str)
+    p.add_argument("--local_rank", "--local-rank", default=0, type=int, help="absorbed; torchrun sets LOCAL_RANK")
+
+
+def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
+    """ssvit's additions (none changes an original default)."""
+    p = parser
+    p.add_argument("--method", default="dino", type=str, help="self-supervised method")
+    p.add_argument("--config", default=None, type=str, help="YAML file of flag defaults; CLI flags override")
+    p.add_argument("--global_crops_size", default=224, type=int)
+    p.add_argument("--local_crops_size", default=96, type=int)
+    p.add_argument("--dataset", default="imagefolder", type=str,
+                   choices=["imagefolder", "fashion_mnist", "cifar10", "cifar100", "stl10", "svhn", "flowers102",
+                            "synthetic"])
+    p.add_argument("--download", default=False, type=bool_flag, help="let torchvision download the dataset")
+    p.add_argument("--synthetic_size", default=256, type=int, help="images in --dataset synthetic")
+    p.add_argument("--device", default="auto", type=str, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp_dtype", default="auto", type=str, choices=["auto", "bf16", "fp16"],
+                   help="mixed-precision dtype on GPU: auto = bf16 where supported, else fp16 + GradScaler")
+    p.add_argument("--save_every_iters", default=0, type=int,
+                   help="also write checkpoint.pth every N iterations (exact mid-epoch resume); 0 = off")
+    p.add_argument("--save_every_minutes", default=10.0, type=float,
+                   help="also write checkpoint.pth when this many minutes passed since the last one; 0 = off")
+    p.add_argument("--on_bad_image", default="skip", choices=["skip", "fail"],
+                   help="unreadable image: skip it (counted, warned) or fail")
+    p.add_argument("--print_freq", default=10, type=int)
+    p.add_argument("--tensorboard", default=True, type=bool_flag, help="write TensorBoard events to output_dir/tb")
+    p.add_argument("--max_iters", default=0, type=int,
+                   help="stop after this many iterations in this invocation (benchmarks, smoke runs); 0 = off")
+
+
+def build_pretrain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("ssvit pretraining", add_help=True)
+    add_dino_args(parser)
+    add_ssvit_args(parser)
+    return parser
+
+
+def _known_dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` with defaults taken from ``--config`` (if given). Unknown YAML keys are an error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        if not os.path.isfile(known.config):
+            parser.error(f"--config file '{known.config}' does not exist")
+        with open(known.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        if not isinstance(cfg, dict):
+            parser.error(f"--config file '{known.config}' must hold a mapping of flag: value")
+        unknown = sorted(set(cfg) - _known_dests(parser))
+        if unknown:
+            parser.error(f"unknown keys in '{known.config}': {', '.join(unknown)}")
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)
+
+
+def save_config(args: argparse.Namespace, path: str) -> None:
+    from .engine.checkpoint import save_text_atomic
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(args).items())}
+    save_text_atomic(yaml.safe_dump(data, sort_keys=True), path)

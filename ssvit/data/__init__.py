@@ -1,0 +1,9 @@
+"""Datasets, multi-crop augmentations and samplers."""
+from .datasets import (DATASET_INFO, DATASETS, DataError, FashionMNIST, ImageFolderSafe, SyntheticShapes,
+                       TransformedDataset, build_dataset)
+from .sampler import ResumableDistributedSampler
+from .transforms import DataAugmentationDINO, GaussianBlur, Solarization, eval_transform
+
+__all__ = ["DATASET_INFO", "DATASETS", "DataError", "FashionMNIST", "ImageFolderSafe", "SyntheticShapes",
+           "TransformedDataset", "build_dataset", "ResumableDistributedSampler", "DataAugmentationDINO",
+           "GaussianBlur", "Solarization", "eval_transform"]

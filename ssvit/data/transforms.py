@@ -1,0 +1,92 @@
+"""Augmentations of the DINO family (facebookresearch/dino ``main_dino.py`` / ``utils.py``)."""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from PIL import Image, ImageFilter, ImageOps
+from torchvision import transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GaussianBlur:
+    """PIL Gaussian blur with probability ``p`` (note ``<=``: p=1 always blurs) and radius U(0.1, 2)."""
+
+    def __init__(self, p: float = 0.5, radius_min: float = 0.1, radius_max: float = 2.0):
+        self.prob, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() <= self.prob:
+            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+        return img
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(p={self.prob})"
+
+
+class Solarization:
+    """PIL solarisation (threshold 128) with probability ``p``."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+    def __repr__(self) -> str:
+        return f"Solarization(p={self.p})"
+
+
+def normalize_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def flip_and_color_jitter():
+    return transforms.Compose([
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+    ])
+
+
+class DataAugmentationDINO:
+    """DINO multi-crop: 2 global crops then ``local_crops_number`` local crops.
+
+    Returns a list of tensors ``[g1 (3,G,G), g2 (3,G,G), l_1 (3,L,L), ...]`` with
+    G = ``global_crops_size`` (224 in the original) and L = ``local_crops_size`` (96).
+    g1: blur p=1; g2: blur p=0.1 + solarise p=0.2; locals: blur p=0.5 -- as the original.
+    """
+
+    def __init__(self, global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), local_crops_number: int = 8,
+                 global_crops_size: int = 224, local_crops_size: int = 96,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        bicubic = transforms.InterpolationMode.BICUBIC
+        fcj = flip_and_color_jitter()
+        norm = normalize_transform(mean, std)
+        self.global_transfo1 = transforms.Compose([
+            transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),
+            fcj, GaussianBlur(1.0), norm])
+        self.global_transfo2 = transforms.Compose([
+            transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),
+            fcj, GaussianBlur(0.1), Solarization(0.2), norm])
+        self.local_crops_number = local_crops_number
+        self.local_transfo = transforms.Compose([
+            transforms.RandomResizedCrop(local_crops_size, scale=tuple(local_crops_scale), interpolation=bicubic),
+            fcj, GaussianBlur(p=0.5), norm])
+
+    def __call__(self, image: Image.Image):
+        crops = [self.global_transfo1(image), self.global_transfo2(image)]
+        crops.extend(self.local_transfo(image) for _ in range(self.local_crops_number))
+        return crops
+
+
+def eval_transform(resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD):
+    """k-NN / linear evaluation preprocessing: Resize(256, bicubic), CenterCrop(224), normalise."""
+    return transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        normalize_transform(mean, std),
+    ])

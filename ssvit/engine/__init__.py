@@ -1,0 +1,1 @@
+"""Training engine: distributed set-up, optimisation utilities, checkpoints, metrics, the loop."""

@@ -1,0 +1,350 @@
+"""The one training engine shared by every self-supervised method.
+
+Per iteration (facebookresearch/dino ``train_one_epoch`` order, see training spec §1): set lr / wd
+from the schedules, forward + loss under autocast, stop on a non-finite loss, backward, per-
+parameter clipping, last-layer gradient cancelling, optimizer step, EMA teacher update.
+
+Beyond the originals: CPU and single-GPU runs without a launcher, bf16, atomic checkpoints in
+DINO's layout, exact mid-epoch resume (sampler position + RNG states + per-sample seeded
+augmentation), SIGTERM/SIGUSR1 handling for preemption, TensorBoard.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..data import DATASET_INFO, ResumableDistributedSampler, TransformedDataset, build_dataset
+from ..methods import SSLMethod, get_method
+from ..objectives import cosine_scheduler
+from .checkpoint import (CheckpointError, add_prefix, load_checkpoint, load_state_checked, save_atomic,
+                         set_rng_state, strip_prefixes, torch_rng_state)
+from .distributed import DistInfo, barrier, init_distributed
+from .metrics import MetricLogger, Progress
+from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients, get_params_groups
+
+
+def fix_random_seeds(seed: int) -> None:
+    """Same seed on every rank (as the originals: augmentation streams are not rank-offset)."""
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Clear errors for bad flag values; clamp warm-ups longer than the run (with a warning)."""
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(msg)
+    need(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
+    need(args.batch_size_per_gpu >= 1, f"--batch_size_per_gpu must be >= 1, got {args.batch_size_per_gpu}")
+    need(args.lr >= 0, f"--lr must be >= 0, got {args.lr}")
+    need(args.num_workers >= 0, f"--num_workers must be >= 0, got {args.num_workers}")
+    need(0 <= args.momentum_teacher <= 1, f"--momentum_teacher must be in [0, 1], got {args.momentum_teacher}")
+    need(args.teacher_temp > 0 and args.warmup_teacher_temp > 0, "teacher temperatures must be > 0")
+    need(args.patch_size >= 1, f"--patch_size must be >= 1, got {args.patch_size}")
+    for name in ("global_crops_scale", "local_crops_scale"):
+        v = getattr(args, name)
+        need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
+    for name in ("global_crops_size", "local_crops_size"):
+        v = getattr(args, name)
+        need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
+    need(args.warmup_epochs >= 0 and args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")
+    if args.warmup_epochs > args.epochs:
+        warnings.warn(f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}: clamped to {args.epochs}")
+        args.warmup_epochs = args.epochs
+    if args.warmup_teacher_temp_epochs > args.epochs:
+        warnings.warn(f"--warmup_teacher_temp_epochs {args.warmup_teacher_temp_epochs} exceeds --epochs "
+                      f"{args.epochs}: clamped to {args.epochs}")
+        args.warmup_teacher_temp_epochs = args.epochs
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGUSR1 (Slurm pre-emption, submitit) into 'checkpoint at the next step and exit'."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, dist_info: Optional[DistInfo] = None):
+        validate_args(args)
+        self.args = args
+        self.dist = dist_info or init_distributed(args.device, args.dist_url)
+        self.device = self.dist.device
+        fix_random_seeds(args.seed)
+        os.makedirs(args.output_dir, exist_ok=True)
+        method_cls = get_method(args.method)
+        method_cls.check_args(args)
+        self.method: SSLMethod = method_cls(args).to(self.device)
+
+        # ---------------- data
+        base = build_dataset(args.dataset, args.data_path, train=True, download=args.download,
+                             on_bad_image=args.on_bad_image, synthetic_size=args.synthetic_size,
+                             synthetic_image_size=DATASET_INFO["synthetic"].image_size)
+        self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed)
+        self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size,
+                                                   rank=self.dist.rank, shuffle=True, seed=args.seed)
+        self.niter_per_ep = self.sampler.num_samples // args.batch_size_per_gpu
+        if self.niter_per_ep == 0:
+            raise ValueError(f"the dataset has {len(self.dataset)} images, fewer than one batch per process "
+                             f"({args.batch_size_per_gpu} x {self.dist.world_size} processes)")
+        print(f"Data loaded: there are {len(self.dataset)} images.")
+
+        # ---------------- model, optimizer, precision
+        student = self.method.student
+        if self.dist.distributed:
+            if self.method.teacher_has_batchnorm() or any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                          for m in student.modules()):
+                self.method.student = student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+                self.method.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.method.teacher)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.student_ddp = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+        else:
+            self.student_ddp = student
+        self.optimizer = build_optimizer(args.optimizer, get_params_groups(self.student_ddp))
+        self.amp_dtype = None
+        self.scaler = None
+        if self.device.type == "cuda" and args.use_fp16:
+            if args.amp_dtype == "bf16" or (args.amp_dtype == "auto" and torch.cuda.is_bf16_supported()):
+                self.amp_dtype = torch.bfloat16
+            else:
+                self.amp_dtype = torch.float16
+                self.scaler = torch.amp.GradScaler("cuda")
+
+        # ---------------- schedules (per iteration; teacher temperature is per epoch, in the loss)
+        bs_total = args.batch_size_per_gpu * self.dist.world_size
+        self.lr_schedule = cosine_scheduler(args.lr * bs_total / 256.0, args.min_lr, args.epochs,
+                                            self.niter_per_ep, warmup_epochs=args.warmup_epochs)
+        self.wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, self.niter_per_ep)
+        self.momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, self.niter_per_ep)
+
+        self.start_epoch, self.start_iter = 0, 0
+        self.tb = None
+        self.last_save = time.time()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, name: str = "checkpoint.pth") -> str:
+        return os.path.join(self.args.output_dir, name)
+
+    def state_dict(self, epoch: int, iter_in_epoch: int) -> dict:
+        """DINO's layout (student with ``module.``, teacher, optimizer, epoch, args, <loss_key>,
+        fp16_scaler) plus ``iter_in_epoch`` and ``rng`` for exact resume. ``epoch`` is the epoch
+        to (re)start; ``iter_in_epoch`` the iterations of it already done."""
+        teacher_prefix = "module." if self.method.teacher_has_batchnorm() else ""
+        state = {
+            "student": add_prefix(self.method.student.state_dict(), "module."),
+            "teacher": add_prefix(self.method.teacher.state_dict(), teacher_prefix),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "args": self.args,
+            self.method.loss_key: self.method.criterion.state_dict(),
+            "iter_in_epoch": iter_in_epoch,
+            "niter_per_ep": self.niter_per_ep,
+            "world_size": self.dist.world_size,
+            "rng": torch_rng_state(),
+            "method": self.method.name,
+        }
+        if self.scaler is not None:
+            state["fp16_scaler"] = self.scaler.state_dict()
+        state.update(self.method.extra_checkpoint_state())
+        return state
+
+    def save(self, epoch: int, iter_in_epoch: int, extra_names: tuple[str, ...] = ()) -> None:
+        if self.dist.is_main:
+            state = self.state_dict(epoch, iter_in_epoch)
+            save_atomic(state, self.checkpoint_path())
+            for name in extra_names:
+                save_atomic(state, self.checkpoint_path(name))
+        self.last_save = time.time()
+
+    def maybe_resume(self) -> None:
+        path = self.checkpoint_path()
+        if not os.path.isfile(path):
+            return
+        ckpt = load_checkpoint(path)
+        saved_method = ckpt.get("method", "dino")
+        if saved_method != self.method.name:
+            raise CheckpointError(f"'{path}' was written by method '{saved_method}', this run is "
+                                  f"'{self.method.name}': use another --output_dir")
+        load_state_checked(self.method.student, strip_prefixes(ckpt["student"], ("module.",)), "student")
+        load_state_checked(self.method.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), "teacher")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.method.loss_key in ckpt:
+            self.method.criterion.load_state_dict(ckpt[self.method.loss_key])
+        if self.scaler is not None and "fp16_scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["fp16_scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.start_iter = int(ckpt.get("iter_in_epoch", 0))
+        if self.start_iter and (ckpt.get("niter_per_ep") != self.niter_per_ep
+                                or ckpt.get("world_size") != self.dist.world_size):
+            warnings.warn("batch size or world size changed since the mid-epoch checkpoint: "
+                          "restarting that epoch from its beginning")
+            self.start_iter = 0
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        print(f"Resumed from {path}: epoch {self.start_epoch}, iteration {self.start_iter} of {self.niter_per_ep}")
+
+    # ------------------------------------------------------------------ training
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def train_one_epoch(self, epoch: int, stop: StopRequest) -> tuple[dict, bool]:
+        """Returns the epoch's averaged stats and whether it was interrupted before its end."""
+        args, method, optimizer = self.args, self.method, self.optimizer
+        loader = DataLoader(self.dataset, sampler=self.sampler, batch_size=args.batch_size_per_gpu,
+                            num_workers=args.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                            generator=torch.Generator().manual_seed(args.seed + epoch),
+                            persistent_workers=False)
+        logger = MetricLogger()
+        progress = Progress(self.niter_per_ep, f"Epoch: [{epoch}/{args.epochs}]", args.print_freq,
+                            enabled=self.dist.is_main, start=self.start_iter)
+        interrupted = False
+        t_last = time.time()
+        it_start = self.start_iter
+        for i, (images, _) in enumerate(loader, start=it_start):
+            if i >= self.niter_per_ep:
+                break
+            it = self.niter_per_ep * epoch + i
+            for j, group in enumerate(optimizer.param_groups):
+                group["lr"] = self.lr_schedule[it]
+                if j == 0:
+                    group["weight_decay"] = self.wd_schedule[it]
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            with self.autocast():
+                loss, extra = method.training_step(self.student_ddp, images, epoch)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                print(f"Loss is {loss_value} at epoch {epoch} iteration {i}, stopping training "
+                      f"(last good checkpoint kept in {self.checkpoint_path()})", force=True)
+                sys.exit(1)
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                loss.backward()
+                if args.clip_grad:
+                    clip_gradients(method.student, args.clip_grad)
+                cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
+                optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                if args.clip_grad:
+                    self.scaler.unscale_(optimizer)
+                    clip_gradients(method.student, args.clip_grad)
+                cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            method.update_teacher(float(self.momentum_schedule[it]))
+
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.time()
+            logger.update(loss=loss_value, lr=optimizer.param_groups[0]["lr"],
+                          wd=optimizer.param_groups[0]["weight_decay"], **extra)
+            progress.step(i, logger, now - t_last, args.batch_size_per_gpu * self.dist.world_size)
+            t_last = now
+            if self.tb is not None and it % args.print_freq == 0:
+                self.tb.add_scalar("iter/loss", loss_value, it)
+                self.tb.add_scalar("iter/lr", optimizer.param_groups[0]["lr"], it)
+            self.iters_this_run += 1
+
+            done = i + 1
+            if done < self.niter_per_ep:
+                halt = stop.requested or self.budget_spent()
+                periodic = (args.save_every_iters and done % args.save_every_iters == 0) or \
+                    (args.save_every_minutes and now - self.last_save >= 60 * args.save_every_minutes)
+                if halt or periodic:
+                    self.save(epoch, done)
+                if halt:
+                    interrupted = True
+                    break
+        progress.close()
+        self.start_iter = 0
+        logger.synchronize_between_processes()
+        stats = logger.global_avgs()
+        stats.pop("img/s", None)
+        stats["img/s"] = progress.iter_time.count and (
+            args.batch_size_per_gpu * self.dist.world_size / max(progress.iter_time.global_avg, 1e-9))
+        print("Averaged stats:", "  ".join(f"{k}: {v:.6g}" for k, v in stats.items()))
+        return stats, interrupted
+
+    def fit(self) -> dict:
+        args = self.args
+        self.maybe_resume()
+        if self.dist.is_main and args.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(args.output_dir, "tb"))
+            except ImportError:  # pragma: no cover
+                warnings.warn("tensorboard is not installed: no TensorBoard events written")
+        self.iters_this_run = 0
+        stats: dict = {}
+        start_time = time.time()
+        print("Starting training !")
+        with StopRequest() as stop:
+            for epoch in range(self.start_epoch, args.epochs):
+                self.sampler.set_epoch(epoch)
+                self.dataset.set_epoch(epoch)
+                if self.start_iter:
+                    self.sampler.set_start(self.start_iter * args.batch_size_per_gpu)
+                stats, interrupted = self.train_one_epoch(epoch, stop)
+                if interrupted:  # checkpoint of the partial epoch already written
+                    print(f"Stopped in epoch {epoch}; run the same command again to resume.")
+                    break
+                extra = ()
+                if args.saveckp_freq and epoch % args.saveckp_freq == 0:
+                    extra = (f"checkpoint{epoch:04}.pth",)
+                self.save(epoch + 1, 0, extra)
+                bad = self.dataset.bad_images
+                log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch}
+                if bad:
+                    log_stats["bad_images_skipped"] = bad
+                if self.dist.is_main:
+                    with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
+                        f.write(json.dumps(log_stats) + "\n")
+                    if self.tb is not None:
+                        for k, v in stats.items():
+                            self.tb.add_scalar(f"epoch/{k}", v, epoch)
+                        self.tb.flush()
+                if stop.requested or self.budget_spent():
+                    break
+        if self.tb is not None:
+            self.tb.close()
+        barrier()
+        total = time.time() - start_time
+        print(f"Training time {int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}")
+        return stats
+
+    def budget_spent(self) -> bool:
+        return bool(self.args.max_iters) and self.iters_this_run >= self.args.max_iters

@@ -1,0 +1,5 @@
+"""Self-supervised methods: each plugs a model, an objective and augmentations into the engine."""
+from .base import SSLMethod, get_method, list_methods, register_method
+from .dino import DINO
+
+__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO"]

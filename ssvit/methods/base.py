@@ -1,0 +1,85 @@
+"""The contract between a self-supervised method and the shared training engine.
+
+A method owns its student and teacher networks and its objective; the engine owns everything
+else (data loading, schedules, optimizer, precision, DDP, clipping, EMA, checkpoints, logging).
+Adding a method = subclass ``SSLMethod``, implement ``build_transform`` and ``training_step``,
+register it, and add a config -- never a copy of the loop.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+_METHODS: dict[str, type["SSLMethod"]] = {}
+
+
+def register_method(name: str):
+    def deco(cls):
+        _METHODS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def get_method(name: str) -> type["SSLMethod"]:
+    if name not in _METHODS:
+        raise ValueError(f"unknown method '{name}'; known: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+class SSLMethod(nn.Module):
+    """Holds ``student`` (trained), ``teacher`` (EMA, no grad) and ``criterion`` (the loss module,
+    whose state -- e.g. centers -- is checkpointed under ``loss_key``)."""
+
+    name: str = ""
+    loss_key: str = "loss"
+
+    student: nn.Module
+    teacher: nn.Module
+    criterion: nn.Module
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        """Method-specific flags (with the original entry point's names and defaults)."""
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        """Validate flag values; raise ``ValueError`` with a clear message."""
+
+    def build_transform(self, args: argparse.Namespace) -> Callable:
+        raise NotImplementedError
+
+    def training_step(self, student: nn.Module, images: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict]:
+        """Forward teacher and ``student`` (possibly DDP-wrapped) on one batch; return the loss and
+        a dict of extra scalars to log."""
+        raise NotImplementedError
+
+    # ----- EMA teacher ------------------------------------------------------------------------
+    def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher/student parameter pairs updated by EMA: parameters common to both by name
+        (equals DINO's positional zip when the two networks are built alike)."""
+        if not hasattr(self, "_ema_pairs"):
+            s = dict(self.student.named_parameters())
+            pairs = [(p_t, s[n]) for n, p_t in self.teacher.named_parameters() if n in s]
+            self._ema_pairs = ([t for t, _ in pairs], [s for _, s in pairs])
+        return self._ema_pairs
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """theta_t <- m * theta_t + (1 - m) * theta_s for every pair (buffers untouched)."""
+        t, s = self.ema_pairs()
+        torch._foreach_mul_(t, momentum)
+        torch._foreach_add_(t, torch._foreach_mul(s, 1.0 - momentum))
+
+    def teacher_has_batchnorm(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.teacher.modules())
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        return {}

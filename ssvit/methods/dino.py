@@ -1,0 +1,57 @@
+"""DINO (Caron et al., ICCV 2021): self-distillation with no labels, view-level.
+
+Student = MultiCropWrapper(ViT, DINOHead(norm_last_layer)), teacher = the same with drop-path 0,
+initialised from the student; the teacher sees the 2 global crops, the student all crops.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+
+from ..data.transforms import DataAugmentationDINO
+from ..models import DINOHead, MultiCropWrapper, create_backbone
+from ..objectives import DINOLoss
+from .base import SSLMethod, register_method
+
+
+def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module:
+    return create_backbone(args.arch, patch_size=args.patch_size, drop_path_rate=drop_path_rate,
+                           img_size=args.global_crops_size)
+
+
+@register_method("dino")
+class DINO(SSLMethod):
+    loss_key = "dino_loss"
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        student = build_backbone(args, args.drop_path_rate)
+        teacher = build_backbone(args, 0.0)
+        embed_dim = student.embed_dim
+        self.student = MultiCropWrapper(student, DINOHead(
+            embed_dim, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer))
+        self.teacher = MultiCropWrapper(teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head))
+        self.teacher.load_state_dict(self.student.state_dict())
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+        self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
+                                  args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs)
+
+    @classmethod
+    def check_args(cls, args):
+        if args.out_dim < 1:
+            raise ValueError(f"--out_dim must be positive, got {args.out_dim}")
+        if args.local_crops_number < 0:
+            raise ValueError(f"--local_crops_number must be >= 0, got {args.local_crops_number}")
+
+    def build_transform(self, args):
+        return DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                    args.global_crops_size, args.local_crops_size)
+
+    def training_step(self, student, images, epoch):
+        teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
+        student_output = student(images)
+        loss = self.criterion(student_output, teacher_output, epoch)
+        return loss, {}

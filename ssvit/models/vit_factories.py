@@ -1,0 +1,48 @@
+"""Registered ViT sizes (DINO's ``vit_tiny`` / ``vit_small`` / ``vit_base``, iBOT's ``vit_large``)
+plus small CPU-friendly ones for smoke tests and the embedded default job."""
+from __future__ import annotations
+
+from .registry import register_backbone
+from .vision_transformer import VisionTransformer
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int = 16, **kwargs) -> VisionTransformer:
+    kwargs.setdefault("mlp_ratio", 4)
+    return VisionTransformer(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                             qkv_bias=True, **kwargs)
+
+
+@register_backbone(aliases=("deit_tiny",))
+def vit_tiny(patch_size: int = 16, **kwargs):
+    """ViT-Ti: D=192, 12 blocks, 3 heads."""
+    return _vit(192, 12, 3, patch_size, **kwargs)
+
+
+@register_backbone(aliases=("deit_small",))
+def vit_small(patch_size: int = 16, **kwargs):
+    """ViT-S: D=384, 12 blocks, 6 heads."""
+    return _vit(384, 12, 6, patch_size, **kwargs)
+
+
+@register_backbone
+def vit_base(patch_size: int = 16, **kwargs):
+    """ViT-B: D=768, 12 blocks, 12 heads."""
+    return _vit(768, 12, 12, patch_size, **kwargs)
+
+
+@register_backbone
+def vit_large(patch_size: int = 16, **kwargs):
+    """ViT-L: D=1024, 24 blocks, 16 heads (iBOT/SERE)."""
+    return _vit(1024, 24, 16, patch_size, **kwargs)
+
+
+@register_backbone
+def vit_pico(patch_size: int = 4, **kwargs):
+    """CPU-sized ViT (D=96, 4 blocks, 3 heads) for tests and small images."""
+    return _vit(96, 4, 3, patch_size, **kwargs)
+
+
+@register_backbone
+def vit_mini(patch_size: int = 4, **kwargs):
+    """CPU-sized ViT (D=192, 6 blocks, 3 heads) used by the embedded Fashion-MNIST default."""
+    return _vit(192, 6, 3, patch_size, **kwargs)

@@ -1,0 +1,76 @@
+"""DINO self-distillation loss (Caron et al., ICCV 2021; facebookresearch/dino ``main_dino.py``)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .schedules import teacher_temp_schedule
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks in place when a process group is up; identity otherwise."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the centred, sharpened teacher and the student over crop pairs.
+
+    Drop-in for the original: same constructor parameters and order, ``forward(student_output,
+    teacher_output, epoch)``, buffer ``center`` (1, out_dim).
+
+    Shapes: ``student_output`` (ncrops*B, K) crop-major; ``teacher_output`` (2*B, K) for the two
+    global crops. Returns a 0-dim loss averaged over the ``2*ncrops - 2`` cross-view pairs (batch
+    mean per pair first). The center is updated *after* the loss, with the teacher logits of the
+    whole global batch (all-reduced under DDP) -- so the loss at step t uses the EMA through t-1.
+
+    ``targets_mixup`` accepts EsViT's call signature; ``None`` (or empty) gives DINO's loss.
+    """
+
+    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
+                 warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
+                 center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.ncrops = ncrops
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.teacher_temp_schedule = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
+                targets_mixup=None) -> torch.Tensor:
+        if targets_mixup is not None and len(targets_mixup) > 0:
+            raise ValueError("DINOLoss: mixup targets are only supported by the EsViT method")
+        student_out = (student_output / self.student_temp).chunk(self.ncrops)
+
+        temp = self.teacher_temp_schedule[epoch]
+        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1)
+        teacher_out = teacher_out.detach().chunk(2)
+
+        total_loss = 0
+        n_loss_terms = 0
+        for iq, q in enumerate(teacher_out):
+            for v in range(len(student_out)):
+                if v == iq:
+                    continue  # teacher and student see the same view
+                loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
+                total_loss += loss.mean()
+                n_loss_terms += 1
+        total_loss /= n_loss_terms
+        self.update_center(teacher_output)
+        return total_loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        batch_center = torch.sum(teacher_output, dim=0, keepdim=True)
+        batch_center = all_reduce_sum(batch_center)
+        batch_center = batch_center / (len(teacher_output) * world_size())
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)

@@ -1,0 +1,35 @@
+"""Schedules shared by the DINO-family objectives and the training engine (float64 NumPy arrays)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+    """Per-iteration cosine schedule with linear warm-up, as DINO's ``utils.cosine_scheduler``.
+
+    Returns an array of length ``epochs * niter_per_ep``. The warm-up ``linspace`` includes its end
+    point, so the peak value appears twice (last warm-up step and first cosine step), and the final
+    value is approached but never reached -- both exactly as the original.
+    """
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup_schedule = np.array([])
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
+                          warmup_teacher_temp_epochs: int, nepochs: int) -> np.ndarray:
+    """Per-epoch teacher temperature: linear warm-up (end point included), then constant.
+
+    Length ``nepochs``; the final value is first used at epoch ``warmup_teacher_temp_epochs - 1``.
+    """
+    return np.concatenate((
+        np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+        np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
+    ))
