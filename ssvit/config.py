@@ -83,6 +83,9 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
                    help="unreadable image: skip it (counted, warned) or fail")
     p.add_argument("--print_freq", default=10, type=int)
     p.add_argument("--tensorboard", default=True, type=bool_flag, help="write TensorBoard events to output_dir/tb")
+    p.add_argument("--head_hidden_dim", default=2048, type=int, help="projection head MLP width (original: 2048)")
+    p.add_argument("--head_bottleneck_dim", default=256, type=int, help="projection head bottleneck (original: 256)")
+    p.add_argument("--head_nlayers", default=3, type=int, help="projection head MLP depth (original: 3)")
     p.add_argument("--max_iters", default=0, type=int,
                    help="stop after this many iterations in this invocation (benchmarks, smoke runs); 0 = off")
 

@@ -207,7 +207,7 @@ def _torchvision_dataset(name: str, root: str, train: bool, download: bool):
             ds = tvd.Flowers102(root, split="train" if train else "test", download=download)
         else:
             raise ValueError(name)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+    except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted", unwritable root
         raise DataError(f"{name} not found under '{root}': {e} (pass --download true to fetch it)") from e
     return _RGBView(ds)
 

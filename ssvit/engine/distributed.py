@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +60,13 @@ def init_distributed(device: str = "auto", dist_url: str = "env://") -> DistInfo
 
 
 def setup_for_distributed(is_master: bool) -> None:
-    """Only rank 0 prints, unless ``print(..., force=True)``."""
+    """Only rank 0 prints to stdout, unless ``print(..., force=True)``; stderr always gets through."""
     builtin_print = getattr(builtins, "_ssvit_orig_print", builtins.print)
     builtins._ssvit_orig_print = builtin_print
 
     def print(*args, **kwargs):
         force = kwargs.pop("force", False)
-        if is_master or force:
+        if is_master or force or kwargs.get("file") is sys.stderr:
             builtin_print(*args, **kwargs)
 
     builtins.print = print

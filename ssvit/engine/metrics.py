@@ -102,7 +102,7 @@ class Progress:
 
     def close(self) -> None:
         if self.enabled:
-            n = max(self.total - self.start_iter, 1)
+            n = max(self.iter_time.count, 1)
             total = time.time() - self.t0
             print(f"{self.header} Total time: {datetime.timedelta(seconds=int(total))} ({total / n:.6f} s / it)",
                   flush=True)

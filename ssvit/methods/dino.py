@@ -30,9 +30,11 @@ class DINO(SSLMethod):
         student = build_backbone(args, args.drop_path_rate)
         teacher = build_backbone(args, 0.0)
         embed_dim = student.embed_dim
+        head_kw = dict(nlayers=args.head_nlayers, hidden_dim=args.head_hidden_dim,
+                       bottleneck_dim=args.head_bottleneck_dim)
         self.student = MultiCropWrapper(student, DINOHead(
-            embed_dim, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer))
-        self.teacher = MultiCropWrapper(teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head))
+            embed_dim, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer, **head_kw))
+        self.teacher = MultiCropWrapper(teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head, **head_kw))
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False

@@ -1,0 +1,118 @@
+"""Multi-crop augmentation, seeded per-sample randomness, resumable sampler, datasets, bad files."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssvit.data import (DataAugmentationDINO, DataError, FashionMNIST, ImageFolderSafe, ResumableDistributedSampler,
+                        SyntheticShapes, TransformedDataset, build_dataset)
+from ssvit.data.datasets import _read_idx
+from torch.utils.data import DistributedSampler
+
+
+def test_multicrop_shapes_and_normalisation():
+    aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 3, global_crops_size=32, local_crops_size=16)
+    crops = aug(Image.new("RGB", (40, 50), (255, 0, 0)))
+    assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    # a pure red image, normalised with ImageNet stats, unless grayscale / jitter changed it
+    assert crops[0].dtype == torch.float32 and crops[0].abs().max() < 3
+
+
+def test_default_multicrop_sizes_are_the_originals():
+    crops = DataAugmentationDINO()(Image.new("RGB", (300, 260)))
+    assert len(crops) == 10 and crops[0].shape[-1] == 224 and crops[-1].shape[-1] == 96
+
+
+def test_seeded_transform_is_a_function_of_seed_epoch_index():
+    base = SyntheticShapes(8, 32)
+    aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 2, 24, 12)
+    a = TransformedDataset(base, aug, seed=3)
+    b = TransformedDataset(base, aug, seed=3)
+    torch.manual_seed(123)
+    x1 = a[5][0]
+    torch.manual_seed(999)  # global RNG must not matter, nor be consumed
+    state = torch.get_rng_state()
+    x2 = b[5][0]
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(u, v) for u, v in zip(x1, x2))
+    b.set_epoch(1)
+    assert not all(torch.equal(u, v) for u, v in zip(x1, b[5][0]))
+
+
+def test_resumable_sampler_equals_distributed_sampler_and_skips():
+    ds = list(range(23))
+    for rank in range(2):
+        ref = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        ours = ResumableDistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        ref.set_epoch(4)
+        ours.set_epoch(4)
+        full = list(ref)
+        assert list(ours) == full
+        ours.set_start(5)
+        assert list(ours) == full[5:] and len(ours) == len(full) - 5
+        ours.set_epoch(5)
+        assert len(list(ours)) == len(full)  # the skip applies to one epoch only
+
+
+def write_idx(path, arr):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, arr.ndim]))
+        for d in arr.shape:
+            f.write(int(d).to_bytes(4, "big"))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reader(tmp_path):
+    imgs = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 251
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", imgs)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.array([4, 0, 9]))
+    ds = FashionMNIST(str(tmp_path), train=True)
+    img, label = ds[2]
+    assert len(ds) == 3 and label == 9 and img.size == (28, 28) and img.mode == "RGB"
+    assert np.array_equal(np.asarray(img)[..., 0], imgs[2])
+    # truncated file -> clear error
+    with open(tmp_path / "bad-idx", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(10))
+    with pytest.raises(DataError, match="truncated"):
+        _read_idx(str(tmp_path / "bad-idx"))
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist():
+    ds = build_dataset("fashion_mnist", None, train=False)
+    assert len(ds) == 10000 and sorted(set(ds.targets)) == list(range(10))
+
+
+def make_folder(root, n=3, corrupt=0):
+    for c in ("a", "b"):
+        os.makedirs(root / c, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(root / c / f"{i}.png")
+    for i in range(corrupt):
+        (root / "a" / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_imagefolder_corrupt_images_skip_and_fail(tmp_path):
+    make_folder(tmp_path, corrupt=1)
+    ds = ImageFolderSafe(str(tmp_path), on_bad_image="skip")
+    bad_idx = [i for i, (p, _) in enumerate(ds.samples) if "bad" in p][0]
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        img, _ = ds[bad_idx]
+    assert img.size == (20, 20) and ds.bad_images == 1
+    strict = ImageFolderSafe(str(tmp_path), on_bad_image="fail")
+    with pytest.raises(DataError, match="cannot read image .*bad0.jpg"):
+        strict[bad_idx]
+
+
+def test_missing_data_paths_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset("imagefolder", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="not a usable ImageFolder"):
+        build_dataset("imagefolder", str(tmp_path))  # empty folder
+    with pytest.raises(DataError, match="--download"):
+        build_dataset("cifar10", str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build_dataset("imagenet22k", None)
