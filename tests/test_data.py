@@ -116,3 +116,12 @@ def test_missing_data_paths_are_clear_errors(tmp_path):
         build_dataset("cifar10", str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("imagenet22k", None)
+
+
+def test_blur_radius_scales_with_global_crop_size():
+    full = DataAugmentationDINO(global_crops_size=224)
+    blur = [t for t in full.global_transfo1.transforms if type(t).__name__ == "GaussianBlur"][0]
+    assert (blur.radius_min, blur.radius_max, blur.prob) == (0.1, 2.0, 1.0)  # the original at 224 px
+    small = DataAugmentationDINO(global_crops_size=28, local_crops_size=12)
+    blur = [t for t in small.local_transfo.transforms if type(t).__name__ == "GaussianBlur"][0]
+    assert blur.radius_max == pytest.approx(0.25) and blur.prob == 0.5

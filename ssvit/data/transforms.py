@@ -57,6 +57,10 @@ class DataAugmentationDINO:
     Returns a list of tensors ``[g1 (3,G,G), g2 (3,G,G), l_1 (3,L,L), ...]`` with
     G = ``global_crops_size`` (224 in the original) and L = ``local_crops_size`` (96).
     g1: blur p=1; g2: blur p=0.1 + solarise p=0.2; locals: blur p=0.5 -- as the original.
+
+    Blur radii (U(0.1, 2) px in the original, tuned for 224-px crops) are scaled by
+    ``global_crops_size / 224``: identical to the original at its sizes, and proportionate on
+    small images (a 2-px blur would wipe out a 28-px Fashion-MNIST crop).
     """
 
     def __init__(self, global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), local_crops_number: int = 8,
@@ -64,17 +68,19 @@ class DataAugmentationDINO:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         bicubic = transforms.InterpolationMode.BICUBIC
         fcj = flip_and_color_jitter()
+        r = global_crops_size / 224.0
+        blur = dict(radius_min=0.1 * r, radius_max=2.0 * r)
         norm = normalize_transform(mean, std)
         self.global_transfo1 = transforms.Compose([
             transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),
-            fcj, GaussianBlur(1.0), norm])
+            fcj, GaussianBlur(1.0, **blur), norm])
         self.global_transfo2 = transforms.Compose([
             transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),
-            fcj, GaussianBlur(0.1), Solarization(0.2), norm])
+            fcj, GaussianBlur(0.1, **blur), Solarization(0.2), norm])
         self.local_crops_number = local_crops_number
         self.local_transfo = transforms.Compose([
             transforms.RandomResizedCrop(local_crops_size, scale=tuple(local_crops_scale), interpolation=bicubic),
-            fcj, GaussianBlur(p=0.5), norm])
+            fcj, GaussianBlur(p=0.5, **blur), norm])
 
     def __call__(self, image: Image.Image):
         crops = [self.global_transfo1(image), self.global_transfo2(image)]
