@@ -189,3 +189,14 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     (out / "checkpoint.pth").write_bytes(b"PK\x03\x04 truncated")
     p = run(TINY + ["--epochs", "1", "--output_dir", str(out)], check=False)
     assert p.returncode == 2 and "cannot load checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_submitit_launcher_runs_the_job_with_local_executor(tmp_path):
+    out = tmp_path / "sub"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_with_submitit.py"), "--cluster", "local",
+                        "--nodes", "1", "--ngpus", "1", "--device", "cpu", *TINY, "--epochs", "1", "--output_dir",
+                        str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0 and "finished" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ck["epoch"] == 1 and "module.backbone.cls_token" in ck["student"]
