@@ -72,10 +72,11 @@ def main(argv=None) -> dict:
     # attention maps of the first test images (teacher, last block, mean over heads)
     from ssvit.evaluation.attention import attention_maps, save_attention_figure
     n = known.attention_images
-    imgs = [test_ds[i][0] for i in range(n)]
+    samples = [test_ds[i] for i in range(n)]
+    imgs = [s[0] for s in samples]
     maps = [attention_maps(teacher, im, args.patch_size)[0] for im in imgs]
     pic = save_attention_figure(torch.stack(imgs), maps, os.path.join(args.output_dir, "attention_maps.png"),
-                                titles=[test_ds.base.classes[test_ds[i][1]] for i in range(n)])
+                                titles=[test_ds.base.classes[s[1]] for s in samples])
 
     summary = {"k": k, "top1": results, "pretrain_seconds": round(pretrain_s, 1), "eval_seconds": round(eval_s, 1),
                "train_images": len(train_ds), "test_images": len(test_ds), "attention_png": pic,

@@ -137,17 +137,20 @@ def load_state_checked(model: nn.Module, state_dict: dict, what: str = "model",
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_pretrained_weights(model: nn.Module, path: str, checkpoint_key: Optional[str] = "teacher",
-                            arch: str = "") -> None:
-    """Load backbone weights for evaluation (DINO / iBOT / ssvit checkpoints or release files).
+def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") -> dict:
+    """Backbone state dict of a pretrained-weights file (``extract_backbone_state`` rules).
 
     An empty path is an error (the originals would download reference weights; ssvit never
-    downloads). Position embeddings of another grid size are interpolated (DINO's rule).
-    """
+    downloads)."""
     if not path:
         raise CheckpointError("--pretrained_weights is required: ssvit does not download weights "
                               "(give a local DINO/iBOT/EsViT/ssvit checkpoint file)")
-    sd = extract_backbone_state(load_checkpoint(path), checkpoint_key)
+    return extract_backbone_state(load_checkpoint(path), checkpoint_key)
+
+
+def load_backbone_state(model: nn.Module, sd: dict, arch: str = "") -> None:
+    """Load a backbone state dict strictly; position embeddings of another grid size are
+    interpolated (DINO's rule) and an iBOT ``masked_embed`` the model lacks is dropped."""
     own = model.state_dict()
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape \
             and sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:
@@ -155,10 +158,16 @@ def load_pretrained_weights(model: nn.Module, path: str, checkpoint_key: Optiona
         import math
         n = own["pos_embed"].shape[1] - 1
         side = int(math.sqrt(n))
-        sd["pos_embed"] = interpolate_pos_encoding(sd["pos_embed"], side, side)
+        sd = dict(sd, pos_embed=interpolate_pos_encoding(sd["pos_embed"], side, side))
         warnings.warn(f"interpolated pos_embed from the checkpoint to {side}x{side} patches")
     sd = {k: v for k, v in sd.items() if k != "masked_embed" or "masked_embed" in own}
     load_state_checked(model, sd, what=f"architecture '{arch}'" if arch else "model")
+
+
+def load_pretrained_weights(model: nn.Module, path: str, checkpoint_key: Optional[str] = "teacher",
+                            arch: str = "") -> None:
+    """Load backbone weights for evaluation (DINO / iBOT / ssvit checkpoints or release files)."""
+    load_backbone_state(model, read_pretrained_state(path, checkpoint_key), arch)
     print(f"Pretrained weights found at {path} and loaded with key '{checkpoint_key}'")
 
 

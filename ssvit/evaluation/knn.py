@@ -88,8 +88,8 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
 
 
 # --------------------------------------------------------------------------- model
-def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: int) -> Optional[int]:
-    """Image side matching the square ``pos_embed`` grid of a checkpoint (None if it has none).
+def grid_img_size(state_dict: dict, patch_size: int) -> Optional[int]:
+    """Image side matching the square ``pos_embed`` grid of a backbone state dict (None if none).
 
     Building the evaluated ViT with this ``img_size`` (e.g. 32 for an ssvit run on 32-px crops,
     224 for DINO's releases) means the checkpoint loads without resampling and ``pos_embed`` is
@@ -97,31 +97,35 @@ def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: in
     the default 224 grid and back again at run time).
     """
     import math
-    from ..engine.checkpoint import extract_backbone_state, load_checkpoint
-    if not path:
-        return None
-    sd = extract_backbone_state(load_checkpoint(path), checkpoint_key)
-    pos = sd.get("pos_embed")
+    pos = state_dict.get("pos_embed")
     if not isinstance(pos, torch.Tensor) or pos.ndim != 3 or pos.shape[1] < 2:
         return None
     side = math.isqrt(pos.shape[1] - 1)
     return side * patch_size if side * side == pos.shape[1] - 1 else None
 
 
+def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: int) -> Optional[int]:
+    """``grid_img_size`` of a checkpoint file's backbone (None for an empty path)."""
+    from ..engine.checkpoint import read_pretrained_state
+    return grid_img_size(read_pretrained_state(path, checkpoint_key), patch_size) if path else None
+
+
 def build_eval_backbone(arch: str, patch_size: int, pretrained_weights: str, checkpoint_key: Optional[str] = "teacher",
                         device: torch.device | str = "cpu") -> nn.Module:
-    """``create_backbone(arch, patch_size=..., num_classes=0)`` + ``load_pretrained_weights``, in
-    ``eval()`` mode on ``device``. Raises ``CheckpointError`` for an empty path (ssvit never
-    downloads) or a checkpoint that does not fit (the message lists the keys); ``ValueError`` for
-    an unknown ``arch``."""
-    from ..engine.checkpoint import load_pretrained_weights
+    """``create_backbone(arch, patch_size=..., num_classes=0)`` on the checkpoint's own grid, with its
+    weights loaded (the file is read once), in ``eval()`` mode on ``device``. Raises
+    ``CheckpointError`` for an empty path (ssvit never downloads) or a checkpoint that does not
+    fit (the message lists the keys); ``ValueError`` for an unknown ``arch``."""
+    from ..engine.checkpoint import load_backbone_state, read_pretrained_state
     from ..models import create_backbone
+    sd = read_pretrained_state(pretrained_weights, checkpoint_key)
     kwargs = dict(patch_size=patch_size, num_classes=0)
-    img_size = checkpoint_img_size(pretrained_weights, checkpoint_key, patch_size)
+    img_size = grid_img_size(sd, patch_size)
     if img_size is not None:
         kwargs["img_size"] = img_size
     model = create_backbone(arch, **kwargs)
-    load_pretrained_weights(model, pretrained_weights, checkpoint_key, arch=arch)
+    load_backbone_state(model, sd, arch)
+    print(f"Pretrained weights found at {pretrained_weights} and loaded with key '{checkpoint_key}'")
     return model.to(device).eval()
 
 
