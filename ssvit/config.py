@@ -86,6 +86,9 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--head_hidden_dim", default=2048, type=int, help="projection head MLP width (original: 2048)")
     p.add_argument("--head_bottleneck_dim", default=256, type=int, help="projection head bottleneck (original: 256)")
     p.add_argument("--head_nlayers", default=3, type=int, help="projection head MLP depth (original: 3)")
+    p.add_argument("--accum_iter", default=1, type=int,
+                   help="gradient accumulation: one optimizer step every N iterations (SERE's flag); lr scales "
+                        "with batch x accum_iter x world size")
     p.add_argument("--max_iters", default=0, type=int,
                    help="stop after this many iterations in this invocation (benchmarks, smoke runs); 0 = off")
 

@@ -258,6 +258,8 @@ class TransformedDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.transform, "set_epoch"):  # e.g. the mask generator's pred_start_epoch
+            self.transform.set_epoch(epoch)
 
     @property
     def targets(self):
@@ -276,11 +278,15 @@ class TransformedDataset(Dataset):
             out = self.transform(img)
         else:
             import random
+
+            import numpy as np
             sample_seed = (self.seed * 1_000_003 + self.epoch * 10_000_019 + index) % (2 ** 63)
-            py_state = random.getstate()
+            py_state, np_state = random.getstate(), np.random.get_state()
             with torch.random.fork_rng(devices=[]):
                 random.seed(sample_seed)
+                np.random.seed(sample_seed % (2 ** 32))
                 torch.manual_seed(sample_seed)
                 out = self.transform(img)
             random.setstate(py_state)
+            np.random.set_state(np_state)
         return (out, target, index) if self.with_index else (out, target)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+import numpy as np
+import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
@@ -39,8 +41,32 @@ class Solarization:
         return f"Solarization(p={self.p})"
 
 
+class ToTensorNormalize:
+    """``Compose([ToTensor(), Normalize(mean, std)])``, bit-identical, ~4x faster on small images.
+
+    8-bit RGB / L PIL images take a direct NumPy path (the same float32 ops: /255, -mean, /std);
+    any other input falls back to torchvision. Output (C, H, W) float32.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.mean_seq, self.std_seq = tuple(mean), tuple(std)
+        self.mean = torch.tensor(self.mean_seq, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(self.std_seq, dtype=torch.float32).view(-1, 1, 1)
+        self.fallback = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    def __call__(self, img) -> torch.Tensor:
+        if isinstance(img, Image.Image) and img.mode in ("RGB", "L") and len(self.mean_seq) == len(img.getbands()):
+            a = np.asarray(img)
+            t = torch.from_numpy(a.reshape(a.shape[0], a.shape[1], -1).transpose(2, 0, 1).copy())
+            return t.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
+        return self.fallback(img)
+
+    def __repr__(self) -> str:
+        return f"ToTensorNormalize(mean={self.mean_seq}, std={self.std_seq})"
+
+
 def normalize_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return ToTensorNormalize(mean, std)
 
 
 def flip_and_color_jitter():
@@ -84,6 +110,26 @@ class DataAugmentationDINO:
 
     def __call__(self, image: Image.Image):
         crops = [self.global_transfo1(image), self.global_transfo2(image)]
+        crops.extend(self.local_transfo(image) for _ in range(self.local_crops_number))
+        return crops
+
+
+class DataAugmentationiBOT(DataAugmentationDINO):
+    """iBOT multi-crop (bytedance/ibot ``main_ibot.py``): crop 1 uses DINO's g1 pipeline, crops
+    2..``global_crops_number`` g2's, then ``local_crops_number`` DINO local crops.
+    Returns ``[g_1, ..., g_G, l_1, ..., l_L]`` tensors (3, G, G) / (3, L, L).
+    """
+
+    def __init__(self, global_crops_scale=(0.14, 1.0), local_crops_scale=(0.05, 0.4), global_crops_number: int = 2,
+                 local_crops_number: int = 0, global_crops_size: int = 224, local_crops_size: int = 96,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__(global_crops_scale, local_crops_scale, local_crops_number, global_crops_size,
+                         local_crops_size, mean, std)
+        self.global_crops_number = global_crops_number
+
+    def __call__(self, image: Image.Image):
+        crops = [self.global_transfo1(image)]
+        crops.extend(self.global_transfo2(image) for _ in range(self.global_crops_number - 1))
         crops.extend(self.local_transfo(image) for _ in range(self.local_crops_number))
         return crops
 

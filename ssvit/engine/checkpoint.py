@@ -84,7 +84,8 @@ def add_prefix(state_dict: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in state_dict.items()}
 
 
-HEAD_PREFIXES = ("head.", "head_dense.", "head_recons.", "fc.", "last_layer")
+# projection heads and SERE's relation heads are training-only: dropped for evaluation
+HEAD_PREFIXES = ("head.", "head_dense.", "head_recons.", "fc.", "last_layer", "channel_sere", "pixel_sere")
 
 
 def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher") -> dict:

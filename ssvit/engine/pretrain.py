@@ -34,7 +34,18 @@ from .checkpoint import (CheckpointError, add_prefix, load_checkpoint, load_stat
                          set_rng_state, strip_prefixes, torch_rng_state)
 from .distributed import DistInfo, barrier, init_distributed
 from .metrics import MetricLogger, Progress
-from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients, get_params_groups
+from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
+
+
+def to_device(obj, device: torch.device):
+    """Move the tensors of a (nested) batch -- tensors, lists, tuples, dicts -- to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def fix_random_seeds(seed: int) -> None:
@@ -57,6 +68,7 @@ def validate_args(args: argparse.Namespace) -> None:
     need(0 <= args.momentum_teacher <= 1, f"--momentum_teacher must be in [0, 1], got {args.momentum_teacher}")
     need(args.teacher_temp > 0 and args.warmup_teacher_temp > 0, "teacher temperatures must be > 0")
     need(args.patch_size >= 1, f"--patch_size must be >= 1, got {args.patch_size}")
+    need(args.accum_iter >= 1, f"--accum_iter must be >= 1, got {args.accum_iter}")
     for name in ("global_crops_scale", "local_crops_scale"):
         v = getattr(args, name)
         need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
@@ -124,15 +136,20 @@ class Trainer:
         # ---------------- model, optimizer, precision
         student = self.method.student
         if self.dist.distributed:
-            if self.method.teacher_has_batchnorm() or any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                          for m in student.modules()):
+            has_bn = self.method.teacher_has_batchnorm() or any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+            if has_bn and self.device.type == "cuda":
                 self.method.student = student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
                 self.method.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.method.teacher)
+            elif has_bn:
+                warnings.warn("BatchNorm layers under CPU (Gloo) DDP use per-process statistics: "
+                              "SyncBatchNorm needs GPUs")
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.student_ddp = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+            self.student_ddp = nn.parallel.DistributedDataParallel(
+                student, device_ids=ids, find_unused_parameters=self.method.ddp_find_unused_parameters)
         else:
             self.student_ddp = student
-        self.optimizer = build_optimizer(args.optimizer, get_params_groups(self.student_ddp))
+        self.optimizer = build_optimizer(args.optimizer, self.method.param_groups(self.student_ddp))
         self.amp_dtype = None
         self.scaler = None
         if self.device.type == "cuda" and args.use_fp16:
@@ -143,7 +160,8 @@ class Trainer:
                 self.scaler = torch.amp.GradScaler("cuda")
 
         # ---------------- schedules (per iteration; teacher temperature is per epoch, in the loss)
-        bs_total = args.batch_size_per_gpu * self.dist.world_size
+        # linear scaling by the effective batch (SERE: batch x accum_iter x world size)
+        bs_total = args.batch_size_per_gpu * args.accum_iter * self.dist.world_size
         self.lr_schedule = cosine_scheduler(args.lr * bs_total / 256.0, args.min_lr, args.epochs,
                                             self.niter_per_ep, warmup_epochs=args.warmup_epochs)
         self.wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, self.niter_per_ep)
@@ -189,7 +207,10 @@ class Trainer:
         self.last_save = time.time()
 
     def maybe_resume(self) -> None:
-        path = self.checkpoint_path()
+        load_from = getattr(self.args, "load_from", None)
+        path = self.checkpoint_path(load_from) if load_from else self.checkpoint_path()
+        if load_from and not os.path.isfile(path):
+            raise CheckpointError(f"--load_from: '{path}' does not exist")
         if not os.path.isfile(path):
             return
         ckpt = load_checkpoint(path)
@@ -234,44 +255,57 @@ class Trainer:
         interrupted = False
         t_last = time.time()
         it_start = self.start_iter
-        for i, (images, _) in enumerate(loader, start=it_start):
+        k = args.accum_iter  # gradient accumulation (SERE's --accum_iter): one step every k iterations
+        optimizer.zero_grad(set_to_none=True)
+        for i, (batch, _) in enumerate(loader, start=it_start):
             if i >= self.niter_per_ep:
                 break
             it = self.niter_per_ep * epoch + i
-            for j, group in enumerate(optimizer.param_groups):
-                group["lr"] = self.lr_schedule[it]
-                if j == 0:
-                    group["weight_decay"] = self.wd_schedule[it]
-            images = [im.to(self.device, non_blocking=True) for im in images]
-            with self.autocast():
-                loss, extra = method.training_step(self.student_ddp, images, epoch)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                print(f"Loss is {loss_value} at epoch {epoch} iteration {i}, stopping training "
-                      f"(last good checkpoint kept in {self.checkpoint_path()})", force=True)
-                sys.exit(1)
-            optimizer.zero_grad(set_to_none=True)
-            if self.scaler is None:
-                loss.backward()
-                if args.clip_grad:
-                    clip_gradients(method.student, args.clip_grad)
-                cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
-                optimizer.step()
-            else:
-                self.scaler.scale(loss).backward()
-                if args.clip_grad:
-                    self.scaler.unscale_(optimizer)
-                    clip_gradients(method.student, args.clip_grad)
-                cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-            method.update_teacher(float(self.momentum_schedule[it]))
+            if i % k == 0:
+                for j, group in enumerate(optimizer.param_groups):
+                    group["lr"] = self.lr_schedule[it]
+                    if j == 0:
+                        group["weight_decay"] = self.wd_schedule[it]
+            batch = to_device(batch, self.device)
+            step_now = (i + 1) % k == 0
+            sync = contextlib.nullcontext()
+            if not step_now and isinstance(self.student_ddp, nn.parallel.DistributedDataParallel):
+                sync = self.student_ddp.no_sync()  # gradients are all-reduced on the stepping iteration
+            with sync:
+                with self.autocast():
+                    loss, extra = method.training_step(self.student_ddp, batch, epoch, i)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    print(f"Loss is {loss_value} at epoch {epoch} iteration {i}, stopping training "
+                          f"(last good checkpoint kept in {self.checkpoint_path()})", force=True)
+                    sys.exit(1)
+                if k > 1:
+                    loss = loss / k
+                if self.scaler is None:
+                    loss.backward()
+                else:
+                    self.scaler.scale(loss).backward()
+            if step_now:
+                if self.scaler is None:
+                    if args.clip_grad:
+                        clip_gradients(method.student, args.clip_grad)
+                    cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
+                    optimizer.step()
+                else:
+                    if args.clip_grad:
+                        self.scaler.unscale_(optimizer)
+                        clip_gradients(method.student, args.clip_grad)
+                    cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
+                    self.scaler.step(optimizer)
+                    self.scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                method.update_teacher(float(self.momentum_schedule[it]))
 
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             now = time.time()
-            logger.update(loss=loss_value, lr=optimizer.param_groups[0]["lr"],
-                          wd=optimizer.param_groups[0]["weight_decay"], **extra)
+            logger.update(**{"loss": loss_value, **extra, "lr": optimizer.param_groups[0]["lr"],
+                             "wd": optimizer.param_groups[0]["weight_decay"]})
             progress.step(i, logger, now - t_last, args.batch_size_per_gpu * self.dist.world_size)
             t_last = now
             if self.tb is not None and it % args.print_freq == 0:
@@ -280,7 +314,7 @@ class Trainer:
             self.iters_this_run += 1
 
             done = i + 1
-            if done < self.niter_per_ep:
+            if done < self.niter_per_ep and step_now:  # checkpoints only between optimizer steps
                 halt = stop.requested or self.budget_spent()
                 periodic = (args.save_every_iters and done % args.save_every_iters == 0) or \
                     (args.save_every_minutes and now - self.last_save >= 60 * args.save_every_minutes)
@@ -323,7 +357,8 @@ class Trainer:
                     print(f"Stopped in epoch {epoch}; run the same command again to resume.")
                     break
                 extra = ()
-                if args.saveckp_freq and epoch % args.saveckp_freq == 0:
+                if args.saveckp_freq and epoch % args.saveckp_freq == 0 and \
+                        (epoch > 0 or not self.method.numbered_checkpoint_skips_epoch0):
                     extra = (f"checkpoint{epoch:04}.pth",)
                 self.save(epoch + 1, 0, extra)
                 bad = self.dataset.bad_images

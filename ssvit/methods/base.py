@@ -40,6 +40,10 @@ class SSLMethod(nn.Module):
 
     name: str = ""
     loss_key: str = "loss"
+    #: DDP must look for parameters without gradient (e.g. SERE's local heads left unused)
+    ddp_find_unused_parameters: bool = False
+    #: iBOT / SERE write ``checkpointNNNN.pth`` only for epochs > 0 (DINO also at epoch 0)
+    numbered_checkpoint_skips_epoch0: bool = False
 
     student: nn.Module
     teacher: nn.Module
@@ -56,10 +60,17 @@ class SSLMethod(nn.Module):
     def build_transform(self, args: argparse.Namespace) -> Callable:
         raise NotImplementedError
 
-    def training_step(self, student: nn.Module, images: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict]:
-        """Forward teacher and ``student`` (possibly DDP-wrapped) on one batch; return the loss and
-        a dict of extra scalars to log."""
+    def training_step(self, student: nn.Module, batch: Any, epoch: int, it: int = 0) -> tuple[torch.Tensor, dict]:
+        """Forward teacher and ``student`` (possibly DDP-wrapped) on one batch (what the transform
+        returned, collated and moved to the device); ``it`` is the iteration within the epoch.
+        Return the loss to optimise and a dict of extra floats to log (a ``loss`` entry there
+        replaces the logged value, as SERE logs its iBOT part only)."""
         raise NotImplementedError
+
+    def param_groups(self, student: nn.Module) -> list[dict]:
+        """Optimizer parameter groups (regularised first); DINO's rule by default."""
+        from ..engine.optim import get_params_groups
+        return get_params_groups(student)
 
     # ----- EMA teacher ------------------------------------------------------------------------
     def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -52,7 +52,7 @@ class DINO(SSLMethod):
         return DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
                                     args.global_crops_size, args.local_crops_size)
 
-    def training_step(self, student, images, epoch):
+    def training_step(self, student, images, epoch, it=0):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_output = student(images)
         loss = self.criterion(student_output, teacher_output, epoch)

@@ -26,8 +26,9 @@ class WeightNormLinear(nn.Module):
         super().__init__()
         linear = nn.Linear(in_features, out_features, bias=False)  # PyTorch default (kaiming-uniform) init
         self.in_features, self.out_features = in_features, out_features
-        self.weight_v = nn.Parameter(linear.weight.detach().clone())
+        # registration order g, v as legacy weight_norm: named_parameters (hence optimizer state) order
         self.weight_g = nn.Parameter(torch.ones(out_features, 1))
+        self.weight_v = nn.Parameter(linear.weight.detach().clone())
 
     @property
     def weight(self) -> torch.Tensor:

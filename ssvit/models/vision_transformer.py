@@ -70,7 +70,8 @@ def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class VisionTransformer(_TimmViT):
     """timm ViT with DINO's behaviour: any input size, CLS output, attention maps, patch masking.
 
-    ``forward(x)`` -> CLS token after the final norm (B, D) (like DINO's ``forward``).
+    ``forward(x)`` -> CLS token after the final norm (B, D) (like DINO's ``forward``); all tokens
+    (B, 1+N, D) when built / called with ``return_all_tokens`` (iBOT).
     ``forward_features(x, mask=None)`` -> all normed tokens (B, 1+N, D).
     ``get_last_selfattention(x)`` -> (B, heads, 1+N, 1+N); ``get_intermediate_layers(x, n)``.
     ``mask`` (B, h, w) bool replaces masked patch embeddings by ``masked_embed`` before the position
@@ -81,7 +82,7 @@ class VisionTransformer(_TimmViT):
                  num_classes: int = 0, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 masked_im_modeling: bool = False, **kwargs):
+                 masked_im_modeling: bool = False, return_all_tokens: bool = False, **kwargs):
         if isinstance(img_size, (list, tuple)):
             img_size = img_size[0]  # DINO passes img_size as a list and uses its first entry
         kwargs.pop("qk_scale", None)
@@ -97,6 +98,7 @@ class VisionTransformer(_TimmViT):
         trunc_normal_(self.cls_token, std=0.02)  # DINO init (timm uses normal std 1e-6)
         self.masked_embed = nn.Parameter(torch.zeros(1, embed_dim)) if masked_im_modeling else None
         self.masked_im_modeling = masked_im_modeling
+        self.return_all_tokens = return_all_tokens
 
     # --- token preparation ------------------------------------------------------------------
     def prepare_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -105,24 +107,32 @@ class VisionTransformer(_TimmViT):
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
         x = self.patch_embed(x)  # (B, h, w, D)
         B, h, w, D = x.shape
-        if mask is not None and self.masked_embed is not None:
+        if mask is not None and self.masked_im_modeling and self.masked_embed is not None:
             x = torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype).view(1, 1, 1, D), x)
         x = x.reshape(B, h * w, D)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
         x = x + interpolate_pos_encoding(self.pos_embed, h, w, self.num_prefix_tokens)
         return self.pos_drop(x)
 
-    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward_blocks(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens after the last block, *before* the final norm (B, 1+N, D) (SERE reads these)."""
         x = self.prepare_tokens(x, mask)
         if self.grad_checkpointing and self.training:
             from timm.models._manipulate import checkpoint_seq
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, mask))
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.norm(self.forward_blocks(x, mask))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                return_all_tokens: Optional[bool] = None) -> torch.Tensor:
+        """CLS (B, D), or all normed tokens (B, 1+N, D) with ``return_all_tokens`` (argument, else
+        the attribute -- iBOT builds its backbones with ``return_all_tokens=True``)."""
+        x = self.forward_features(x, mask)
+        if self.return_all_tokens if return_all_tokens is None else return_all_tokens:
+            return x
+        return self.forward_head(x)
 
     # --- analysis helpers -------------------------------------------------------------------
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Self-supervised objectives (losses) as standalone modules."""
 from .dino_loss import DINOLoss
-from .schedules import cosine_scheduler, teacher_temp_schedule
+from .ibot_loss import iBOTLoss
+from .schedules import cosine_scheduler, patch_temp_schedule, teacher_temp_schedule
+from .sere_loss import ChannelSERELoss, PixelSERELoss
 
-__all__ = ["DINOLoss", "cosine_scheduler", "teacher_temp_schedule"]
+__all__ = ["DINOLoss", "iBOTLoss", "ChannelSERELoss", "PixelSERELoss", "cosine_scheduler", "patch_temp_schedule",
+           "teacher_temp_schedule"]

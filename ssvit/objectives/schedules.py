@@ -33,3 +33,16 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
         np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
         np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
     ))
+
+
+def patch_temp_schedule(warmup_teacher_temp2: float, teacher_temp2: float, warmup_teacher_temp_epochs: int,
+                        nepochs: int, mim_start_epoch: int = 0) -> np.ndarray:
+    """iBOT's per-epoch patch temperature: as ``teacher_temp_schedule`` when ``mim_start_epoch == 0``;
+    otherwise held at the warm-up value for ``mim_start_epoch`` epochs, then warmed up, then constant."""
+    if mim_start_epoch == 0:
+        return teacher_temp_schedule(warmup_teacher_temp2, teacher_temp2, warmup_teacher_temp_epochs, nepochs)
+    return np.concatenate((
+        np.ones(mim_start_epoch) * warmup_teacher_temp2,
+        np.linspace(warmup_teacher_temp2, teacher_temp2, warmup_teacher_temp_epochs),
+        np.ones(nepochs - warmup_teacher_temp_epochs - mim_start_epoch) * teacher_temp2,
+    ))

@@ -1,0 +1,200 @@
+"""SERE (Li et al., TPAMI 2023): feature self-relation (spatial and channel) on top of iBOT
+(MCG-NKU/SERE ``main_sere.py``) -- and, composed the same way, on top of DINO.
+
+``ibot_sere`` = iBOT unchanged + ``alpha * L_pixel + beta * L_channel`` with the iBOT loss weighted
+by ``(4 - alpha - beta) / 2``. ``dino_sere`` puts the same relation terms on DINO (no masking).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+
+from ..data.overlap import DataAugmentationOverlap
+from ..models import DINOHead, create_backbone
+from ..models.sere import SEREMultiCropWrapper, add_sere_heads
+from ..objectives import ChannelSERELoss, DINOLoss, PixelSERELoss
+from .base import SSLMethod, register_method
+from .ibot import iBOT
+
+_VIT_ARCHS = ("vit_", "deit_")
+
+
+def add_sere_args(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--overlap_size", nargs="+", default=(13, 13), type=int,
+                   help="side of the grids sampling the global views' overlap (queries, keys)")
+    p.add_argument("--alpha", default=1.0, type=float, help="weight of the spatial self-relation loss")
+    p.add_argument("--beta", default=1.0, type=float, help="weight of the channel self-relation loss")
+    p.add_argument("--temperature_pixel", default=0.5, type=float)
+    p.add_argument("--temperature_channel", default=0.1, type=float)
+    p.add_argument("--sere_channel_sizes", nargs=2, default=(14, 6), type=float,
+                   help="divisors of the channel relations for global / local crops (the original's fixed "
+                        "14 and 6 = the token-grid sides at 224 / 96 px with patch 16)")
+
+
+def check_sere_args(args: argparse.Namespace) -> None:
+    if not args.arch.startswith(_VIT_ARCHS):
+        raise ValueError(f"SERE supports ViT backbones only (vit_tiny/small/base/large), got --arch {args.arch}")
+    if getattr(args, "global_crops_number", 2) != 2:
+        raise ValueError("SERE needs exactly 2 global crops (--global_crops_number 2)")
+    if not 1 <= len(args.overlap_size) <= 2 or min(args.overlap_size) < 2:
+        raise ValueError(f"--overlap_size takes one or two sizes >= 2, got {list(args.overlap_size)}")
+    if args.temperature_pixel <= 0 or args.temperature_channel <= 0:
+        raise ValueError("SERE temperatures must be > 0")
+
+
+def sere_param_groups(model: nn.Module) -> list[dict]:
+    """SERE's ``get_params_groups`` (MCG-NKU/SERE ``utils.py``): unlike DINO/iBOT it *decays biases*
+    ("add wd to all bias"); only 1-D non-bias parameters (norm weights) are exempt."""
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias") or param.ndim != 1:
+            regularized.append(param)
+        else:
+            not_regularized.append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+class SERETerms:
+    """The relation losses and their combination with a base loss (shared by both methods)."""
+
+    def init_sere(self, args) -> None:
+        self.alpha, self.beta = args.alpha, args.beta
+        self.pixel_loss = PixelSERELoss(args.temperature_pixel)
+        self.channel_loss = ChannelSERELoss(args.temperature_channel)
+
+    def sere_transform(self, args):
+        return DataAugmentationOverlap(args.global_crops_scale, args.local_crops_scale, 2, args.local_crops_number,
+                                       args.overlap_size, args.global_crops_size, args.local_crops_size)
+
+    def relation_losses(self, s_rel, t_rel, L: int, batch):
+        (s_ch, s_px, s_ch_local, s_px_local), (t_ch, t_px, t_px_global) = s_rel, t_rel
+        grid_local, grid_global = batch.get("grid_local"), batch.get("grid_global")
+        loss_pixel = self.pixel_loss(s_px, t_px, s_px_local, t_px_global, grid_local, grid_global, 2, L)
+        loss_channel = self.channel_loss(s_ch, t_ch, s_ch_local, 2, L)
+        return loss_pixel, loss_channel
+
+    def combine(self, base_loss, loss_pixel, loss_channel):
+        return base_loss * (4 - self.alpha - self.beta) / 2.0 + loss_pixel * self.alpha + loss_channel * self.beta
+
+
+@register_method("ibot_sere")
+class iBOTSERE(SERETerms, iBOT):
+    """iBOT + SERE. Logged ``loss`` is the iBOT part (as the original); ``loss_attn`` = L_pixel,
+    ``loss_attn_ffn`` = L_channel. The optimised loss is their weighted sum."""
+
+    loss_key = "ibot_loss"
+    ddp_find_unused_parameters = True  # QUIRK: with 1-2 local crops the *_local heads stay unused
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.init_sere(args)
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        add_sere_args(parser)
+
+    @classmethod
+    def check_args(cls, args):
+        super().check_args(args)
+        check_sere_args(args)
+
+    def build_backbones(self, args):
+        student, teacher = super().build_backbones(args)
+        return (add_sere_heads(student, args.local_crops_number > 0),
+                add_sere_heads(teacher, args.local_crops_number > 0))
+
+    def wrap(self, backbone, head, args):
+        return SEREMultiCropWrapper(backbone, head, args.sere_channel_sizes)
+
+    def loss_extra_kwargs(self, args):
+        return dict(accum_iter=args.accum_iter, accum_buffers=True)  # SERE's ibot_loss layout
+
+    def crop_transform(self, args):
+        return self.sere_transform(args)
+
+    def param_groups(self, student):
+        return sere_param_groups(student)
+
+    def training_step(self, student, batch, epoch, it=0):
+        crops, masks = batch["crops"], batch["masks"]
+        grid1, grid2 = batch["grid1"], batch["grid2"]
+        L = len(crops) - 2
+        t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
+        s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, masks=masks[:2], teacher=False)
+        s_local_cls = s_ch_local = s_px_local = None
+        if L > 0:
+            s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
+            s_local_cls = s_local[0]
+        all_loss = self.criterion(s_out, t_out, s_local_cls, masks, epoch, it=it)
+        loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
+                                                        (t_ch, t_px, t_px_global), L, batch)
+        ibot_loss = all_loss.pop("loss")
+        loss = self.combine(ibot_loss, loss_pixel, loss_channel)
+        extra = {"loss": ibot_loss.item(), **{k: v.item() for k, v in all_loss.items()},
+                 "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item(),
+                 "acc": self.cls_agreement(t_out[0], s_out[0], 2)}
+        return loss, extra
+
+
+@register_method("dino_sere")
+class DINOSERE(SERETerms, SSLMethod):
+    """DINO + SERE relations (no masking): ``(4 - alpha - beta)/2 * L_DINO + alpha * L_pixel +
+    beta * L_channel``, DINO's heads, loss, flags and defaults; crops with overlap tracking.
+    The student runs the global crops and the local crops in two calls (the relations of each
+    group are needed); only ``--use_bn_in_head`` batch statistics can differ from one call."""
+
+    loss_key = "dino_loss"
+    ddp_find_unused_parameters = True
+
+    def __init__(self, args):
+        super().__init__()
+        kw = dict(patch_size=args.patch_size, img_size=args.global_crops_size)
+        local = args.local_crops_number > 0
+        student = add_sere_heads(create_backbone(args.arch, drop_path_rate=args.drop_path_rate, **kw), local)
+        teacher = add_sere_heads(create_backbone(args.arch, drop_path_rate=0.0, **kw), local)
+        head_kw = dict(nlayers=args.head_nlayers, hidden_dim=args.head_hidden_dim,
+                       bottleneck_dim=args.head_bottleneck_dim)
+        D = student.embed_dim
+        self.student = SEREMultiCropWrapper(student, DINOHead(D, args.out_dim, use_bn=args.use_bn_in_head,
+                                                              norm_last_layer=args.norm_last_layer, **head_kw),
+                                            args.sere_channel_sizes)
+        self.teacher = SEREMultiCropWrapper(teacher, DINOHead(D, args.out_dim, args.use_bn_in_head, **head_kw),
+                                            args.sere_channel_sizes)
+        self.teacher.load_state_dict(self.student.state_dict())
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+        self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
+                                  args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs)
+        self.init_sere(args)
+
+    @classmethod
+    def add_args(cls, parser):
+        add_sere_args(parser)
+
+    @classmethod
+    def check_args(cls, args):
+        check_sere_args(args)
+
+    def build_transform(self, args):
+        return self.sere_transform(args)
+
+    def training_step(self, student, batch, epoch, it=0):
+        crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
+        L = len(crops) - 2
+        t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
+        s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, teacher=False)
+        s_ch_local = s_px_local = None
+        if L > 0:
+            s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
+            s_out = torch.cat([s_out, s_local])
+        dino = self.criterion(s_out, t_out, epoch)
+        loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
+                                                        (t_ch, t_px, t_px_global), L, batch)
+        loss = self.combine(dino, loss_pixel, loss_channel)
+        return loss, {"loss": dino.item(), "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item()}
