@@ -2,8 +2,9 @@
 """Pretraining throughput benchmark: img/s, peak memory and model-FLOPs utilisation (MFU).
 
 Times complete training iterations of a method (teacher + student forward on the multi-crop batch,
-loss, backward, per-parameter clipping, optimizer step, EMA) on random crops of the configured
-sizes, so the figure isolates the model/engine from data loading. Every pretraining flag applies
+loss, backward, per-parameter clipping, optimizer step, EMA) on one batch made by the method's own
+transform (crops, iBOT masks, SERE overlap grids) from random images, so the figure isolates the
+model/engine from data loading. ``--method dino | ibot | ibot_sere | dino_sere``. Every pretraining flag applies
 (``--arch``, ``--patch_size``, crops, ``--batch_size_per_gpu``, ``--use_fp16``/``--amp_dtype``...).
 
 ``--compare_original`` also times, in the same process, the original DINO code paths that ssvit
@@ -30,7 +31,7 @@ sys.path.insert(0, ROOT)
 from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.distributed import resolve_device  # noqa: E402
-from ssvit.engine.optim import build_optimizer, get_params_groups  # noqa: E402
+from ssvit.engine.optim import build_optimizer  # noqa: E402
 from ssvit.engine.pretrain import fix_random_seeds, validate_args  # noqa: E402
 from ssvit.methods import get_method  # noqa: E402
 
@@ -48,12 +49,19 @@ def clip_gradients_original(model, clip):
     return norms
 
 
-def make_batch(args, device):
-    g = [torch.randn(args.batch_size_per_gpu, 3, args.global_crops_size, args.global_crops_size, device=device)
-         for _ in range(2)]
-    loc = [torch.randn(args.batch_size_per_gpu, 3, args.local_crops_size, args.local_crops_size, device=device)
-           for _ in range(args.local_crops_number)]
-    return g + loc
+def make_batch(method, args, device):
+    """One batch exactly as the data loader would give it (the method's own transform: crops, and
+    masks / overlap grids where the method uses them) on random images, moved to ``device``."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import default_collate
+
+    from ssvit.engine.pretrain import to_device
+    transform = method.build_transform(args)
+    rng = np.random.RandomState(args.seed)
+    side = max(args.global_crops_size, 32)
+    imgs = [Image.fromarray((rng.rand(side, side, 3) * 255).astype(np.uint8)) for _ in range(args.batch_size_per_gpu)]
+    return to_device(default_collate([transform(im) for im in imgs]), device)
 
 
 def run(args, device, original: bool, warmup: int, iters: int) -> dict:
@@ -63,7 +71,7 @@ def run(args, device, original: bool, warmup: int, iters: int) -> dict:
     for m in method.modules():  # timm Attention: fused SDPA unless told otherwise
         if hasattr(m, "fused_attn"):
             m.fused_attn = not original
-    opt = build_optimizer(args.optimizer, get_params_groups(method.student))
+    opt = build_optimizer(args.optimizer, method.param_groups(method.student))
     amp_dtype, scaler = None, None
     if device.type == "cuda" and args.use_fp16:
         amp_dtype = torch.bfloat16 if args.amp_dtype in ("auto", "bf16") and torch.cuda.is_bf16_supported() \
@@ -71,11 +79,11 @@ def run(args, device, original: bool, warmup: int, iters: int) -> dict:
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     clip = clip_gradients_original if original else clip_gradients
-    images = make_batch(args, device)
+    images = make_batch(method, args, device)
 
     def step():
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss, _ = method.training_step(method.student, images, 0)
+            loss, _ = method.training_step(method.student, images, 0, 0)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
