@@ -280,3 +280,9 @@ def test_seed_sere_commands_parse_and_take_one_step(cmd, arch, dim, tmp_path):
     ck = load_checkpoint(str(tmp_path / "checkpoint.pth"))
     assert ck["method"] == "ibot_sere" and "module.backbone.pixel_sere_local.predictor.0.weight" in ck["teacher"]
     assert ck["ibot_loss"]["center"].abs().sum() > 0  # one loss call happened
+    # the SERE teacher (module.-prefixed, with relation heads) loads into a plain ViT for evaluation
+    from ssvit.engine.checkpoint import load_pretrained_weights
+    from ssvit.models import create_backbone
+    vit = create_backbone(arch, patch_size=16)
+    load_pretrained_weights(vit, str(tmp_path / "checkpoint.pth"), "teacher", arch)
+    assert torch.equal(vit.cls_token, trainer.method.teacher.backbone.cls_token)
