@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
+from ssvit.cli import exit_status
 from ssvit.config import bool_flag
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.engine.checkpoint import CheckpointError, save_atomic
@@ -178,12 +179,7 @@ def main(argv: Optional[list] = None) -> dict:
 
 def cli(argv: Optional[list] = None) -> int:
     """Command-line entry: data/weights errors -> message on stderr, exit status 2, no traceback."""
-    try:
-        main(argv)
-    except (CheckpointError, DataError, UsageError) as e:
-        print(f"eval_knn.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: main(argv), (CheckpointError, DataError, UsageError), "eval_knn.py")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ssvit.cli import exit_status
 from ssvit.config import build_pretrain_parser, parse_with_config, save_config
 from ssvit.data import DataError
 from ssvit.engine.checkpoint import CheckpointError
@@ -39,16 +40,14 @@ def main(argv=None) -> int:
     parser = get_args_parser(argv)
     args = parse_with_config(parser, argv)
     from ssvit.engine.pretrain import Trainer
-    try:
+
+    def train():
         trainer = Trainer(args)
         if trainer.dist.is_main:
             save_config(args, os.path.join(args.output_dir, "config.yaml"))
             print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
         trainer.fit()
-    except (DataError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(train, (DataError, CheckpointError, ValueError))
 
 
 if __name__ == "__main__":

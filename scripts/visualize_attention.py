@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ssvit.cli import exit_status  # noqa: E402
 from ssvit.engine.checkpoint import CheckpointError  # noqa: E402
 from ssvit.evaluation.attention import (attention_maps, crop_to_patch_multiple, image_transform,  # noqa: E402
                                         load_image, save_attention_outputs)
@@ -58,12 +59,8 @@ def main(argv: Optional[list] = None) -> list[str]:
 
 
 def cli(argv: Optional[list] = None) -> int:
-    try:
-        main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"visualize_attention.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: main(argv), (CheckpointError, FileNotFoundError, ValueError),
+                       "visualize_attention.py")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 import torch
 
 from main_pretrain import get_args_parser
+from method_helpers import train_on_fixed_batch
 from ssvit.config import parse_with_config
-from ssvit.engine.optim import build_optimizer, get_params_groups
 from ssvit.methods import DINO
 
 FLAGS = ["--arch", "vit_pico", "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8",
@@ -30,15 +30,5 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     m = build(FLAGS + ["--drop_path_rate", "0"])
     images = [torch.randn(8, 3, 16, 16) for _ in range(2)] + [torch.randn(8, 3, 8, 8) for _ in range(2)]
-    opt = build_optimizer("adamw", get_params_groups(m.student))
-    for g in opt.param_groups:
-        g["lr"] = 1e-3
-    losses = []
-    for _ in range(25):
-        loss, _ = m.training_step(m.student, images, 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.update_teacher(0.9)
-        losses.append(loss.item())
+    losses = train_on_fixed_batch(m, images, 25)
     assert losses[-1] < losses[0] - 0.05, losses

@@ -12,7 +12,7 @@ from main_pretrain import get_args_parser
 from ssvit.config import parse_with_config
 from ssvit.data.masking import MaskedCrops, MaskGenerator
 from ssvit.engine.checkpoint import load_pretrained_weights, save_atomic
-from ssvit.engine.optim import build_optimizer
+from method_helpers import build_method, train_on_fixed_batch
 from ssvit.models import create_backbone
 from ssvit.models.ibot_head import iBOTHead
 from ssvit.objectives import iBOTLoss
@@ -279,17 +279,7 @@ FLAGS = ["--method", "ibot", "--arch", "vit_pico", "--patch_size", "4", "--globa
 
 
 def build(flags=FLAGS):
-    import warnings
-
-    from ssvit.engine.pretrain import validate_args
-    from ssvit.methods import get_method
-    args = parse_with_config(get_args_parser(flags), flags)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        validate_args(args)  # clamps iBOT's 30-epoch temperature warm-up to the 2-epoch run
-    cls = get_method(args.method)
-    cls.check_args(args)
-    return cls(args), args
+    return build_method(flags)
 
 
 def test_ibot_defaults_are_main_ibot_defaults():
@@ -327,18 +317,10 @@ def test_ibot_steps_reduce_the_loss_on_a_fixed_batch():
     gen = MaskGenerator(0.3)
     random.seed(0)
     masks = [torch.from_numpy(np.stack([gen(4, 4) for _ in range(B)])) for _ in range(2)]
-    opt = build_optimizer("adamw", m.param_groups(m.student))
-    for g in opt.param_groups:
-        g["lr"] = 1e-3
-    losses = []
-    for _ in range(20):
-        loss, extra = m.training_step(m.student, (crops, masks), 0)
+
+    def check(extra):
         assert {"cls", "patch", "acc"} <= set(extra) and 0 <= extra["acc"] <= 1
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.update_teacher(0.9)
-        losses.append(loss.item())
+    losses = train_on_fixed_batch(m, (crops, masks), 20, check_extra=check)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

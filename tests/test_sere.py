@@ -11,7 +11,7 @@ from PIL import Image
 from main_pretrain import get_args_parser
 from ssvit.config import parse_with_config
 from ssvit.data.overlap import DataAugmentationOverlap, OverlapCropPipeline, get_grid
-from ssvit.engine.optim import build_optimizer
+from method_helpers import build_method, train_on_fixed_batch
 from ssvit.models.sere import ChannelSERE, PixelSERE, align_relation, sampling
 from ssvit.objectives import ChannelSERELoss, PixelSERELoss
 
@@ -162,18 +162,7 @@ TINY = ["--arch", "vit_pico", "--patch_size", "4", "--global_crops_size", "16", 
 
 
 def build(method, extra=()):
-    import warnings
-
-    from ssvit.engine.pretrain import validate_args
-    from ssvit.methods import get_method
-    flags = ["--method", method, *TINY, *extra]
-    args = parse_with_config(get_args_parser(flags), flags)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        validate_args(args)
-    cls = get_method(method)
-    cls.check_args(args)
-    return cls(args), args
+    return build_method(["--method", method, *TINY, *extra])
 
 
 def _batch(m, args, B=6):
@@ -192,18 +181,10 @@ def test_sere_methods_reduce_the_loss_on_a_fixed_batch(method, extra):
     m, args = build(method, extra)
     batch = _batch(m, args)
     assert len(batch["crops"]) == 5 and len(batch["grid_local"]) == 6
-    opt = build_optimizer("adamw", m.param_groups(m.student))
-    for g in opt.param_groups:
-        g["lr"] = 1e-3
-    losses = []
-    for _ in range(15):
-        loss, extra_log = m.training_step(m.student, batch, 0)
+
+    def check(extra_log):
         assert {"loss_attn", "loss_attn_ffn"} <= set(extra_log)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.update_teacher(0.9)
-        losses.append(loss.item())
+    losses = train_on_fixed_batch(m, batch, 15, check_extra=check)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, GaussianBlur, Solarization, normalize_transform
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, GaussianBlur, Solarization, blur_radii, color_distortion,
+                         normalize_transform)
 
 
 class RandomResizedCropOverLap:
@@ -59,13 +60,7 @@ class OverlapCropPipeline:
 
     def __init__(self, size: int, scale, rest: Sequence, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.crop = RandomResizedCropOverLap(size, scale=scale)
-        self.jitter = transforms.Compose([
-            transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
-                                   p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            *rest,
-            normalize_transform(mean, std),
-        ])
+        self.jitter = transforms.Compose([*color_distortion(), *rest, normalize_transform(mean, std)])
 
     def __call__(self, img: Image.Image):
         img, box = self.crop(img)
@@ -118,8 +113,7 @@ class DataAugmentationOverlap:
             raise ValueError("SERE aligns exactly 2 global crops (--global_crops_number 2)")
         if len(overlap_size) == 1:
             overlap_size = (overlap_size[0], overlap_size[0])
-        r = global_crops_size / 224.0
-        blur = dict(radius_min=0.1 * r, radius_max=2.0 * r)
+        blur = blur_radii(global_crops_size)
         self.global_transfo1 = OverlapCropPipeline(global_crops_size, global_crops_scale, [GaussianBlur(1.0, **blur)],
                                                    mean, std)
         self.global_transfo2 = OverlapCropPipeline(global_crops_size, global_crops_scale,

@@ -69,12 +69,22 @@ def normalize_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[flo
     return ToTensorNormalize(mean, std)
 
 
-def flip_and_color_jitter():
-    return transforms.Compose([
-        transforms.RandomHorizontalFlip(p=0.5),
+def color_distortion() -> list:
+    """DINO's colour steps: jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, then grayscale with p=0.2."""
+    return [
         transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
-    ])
+    ]
+
+
+def flip_and_color_jitter():
+    return transforms.Compose([transforms.RandomHorizontalFlip(p=0.5), *color_distortion()])
+
+
+def blur_radii(global_crops_size: int) -> dict:
+    """GaussianBlur radius range U(0.1, 2) px, scaled by ``global_crops_size / 224``."""
+    r = global_crops_size / 224.0
+    return dict(radius_min=0.1 * r, radius_max=2.0 * r)
 
 
 class DataAugmentationDINO:
@@ -94,8 +104,7 @@ class DataAugmentationDINO:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         bicubic = transforms.InterpolationMode.BICUBIC
         fcj = flip_and_color_jitter()
-        r = global_crops_size / 224.0
-        blur = dict(radius_min=0.1 * r, radius_max=2.0 * r)
+        blur = blur_radii(global_crops_size)
         norm = normalize_transform(mean, std)
         self.global_transfo1 = transforms.Compose([
             transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),

@@ -27,19 +27,26 @@ class DINO(SSLMethod):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__()
-        student = build_backbone(args, args.drop_path_rate)
-        teacher = build_backbone(args, 0.0)
+        student, teacher = self.build_backbones(args)
         embed_dim = student.embed_dim
         head_kw = dict(nlayers=args.head_nlayers, hidden_dim=args.head_hidden_dim,
                        bottleneck_dim=args.head_bottleneck_dim)
-        self.student = MultiCropWrapper(student, DINOHead(
-            embed_dim, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer, **head_kw))
-        self.teacher = MultiCropWrapper(teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head, **head_kw))
+        self.student = self.wrap(student, DINOHead(
+            embed_dim, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer, **head_kw),
+            args)
+        self.teacher = self.wrap(teacher, DINOHead(embed_dim, args.out_dim, args.use_bn_in_head, **head_kw), args)
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
         self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
                                   args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs)
+
+    # hooks (SERE adds its relation heads and wrapper through them)
+    def build_backbones(self, args) -> tuple[nn.Module, nn.Module]:
+        return build_backbone(args, args.drop_path_rate), build_backbone(args, 0.0)
+
+    def wrap(self, backbone: nn.Module, head: nn.Module, args) -> nn.Module:
+        return MultiCropWrapper(backbone, head)
 
     @classmethod
     def check_args(cls, args):

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 
 from ..data.overlap import DataAugmentationOverlap
-from ..models import DINOHead, create_backbone
 from ..models.sere import SEREMultiCropWrapper, add_sere_heads
-from ..objectives import ChannelSERELoss, DINOLoss, PixelSERELoss
-from .base import SSLMethod, register_method
+from ..objectives import ChannelSERELoss, PixelSERELoss
+from .base import register_method
+from .dino import DINO
 from .ibot import iBOT
 
 _VIT_ARCHS = ("vit_", "deit_")
@@ -60,12 +60,35 @@ def sere_param_groups(model: nn.Module) -> list[dict]:
 
 
 class SERETerms:
-    """The relation losses and their combination with a base loss (shared by both methods)."""
+    """Mixin putting SERE on a base method (``class X(SERETerms, Base)``): relation heads on both
+    backbones, the relation-returning wrapper, SERE's flags, the two relation losses and their
+    combination with the base loss."""
 
-    def init_sere(self, args) -> None:
+    ddp_find_unused_parameters = True  # QUIRK: with 1-2 local crops the *_local heads stay unused
+
+    def __init__(self, args):
+        super().__init__(args)
         self.alpha, self.beta = args.alpha, args.beta
         self.pixel_loss = PixelSERELoss(args.temperature_pixel)
         self.channel_loss = ChannelSERELoss(args.temperature_channel)
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        add_sere_args(parser)
+
+    @classmethod
+    def check_args(cls, args):
+        super().check_args(args)
+        check_sere_args(args)
+
+    def build_backbones(self, args):
+        student, teacher = super().build_backbones(args)
+        local = args.local_crops_number > 0
+        return add_sere_heads(student, local), add_sere_heads(teacher, local)
+
+    def wrap(self, backbone, head, args):
+        return SEREMultiCropWrapper(backbone, head, args.sere_channel_sizes)
 
     def sere_transform(self, args):
         return DataAugmentationOverlap(args.global_crops_scale, args.local_crops_scale, 2, args.local_crops_number,
@@ -86,31 +109,6 @@ class SERETerms:
 class iBOTSERE(SERETerms, iBOT):
     """iBOT + SERE. Logged ``loss`` is the iBOT part (as the original); ``loss_attn`` = L_pixel,
     ``loss_attn_ffn`` = L_channel. The optimised loss is their weighted sum."""
-
-    loss_key = "ibot_loss"
-    ddp_find_unused_parameters = True  # QUIRK: with 1-2 local crops the *_local heads stay unused
-
-    def __init__(self, args):
-        super().__init__(args)
-        self.init_sere(args)
-
-    @classmethod
-    def add_args(cls, parser):
-        super().add_args(parser)
-        add_sere_args(parser)
-
-    @classmethod
-    def check_args(cls, args):
-        super().check_args(args)
-        check_sere_args(args)
-
-    def build_backbones(self, args):
-        student, teacher = super().build_backbones(args)
-        return (add_sere_heads(student, args.local_crops_number > 0),
-                add_sere_heads(teacher, args.local_crops_number > 0))
-
-    def wrap(self, backbone, head, args):
-        return SEREMultiCropWrapper(backbone, head, args.sere_channel_sizes)
 
     def loss_extra_kwargs(self, args):
         return dict(accum_iter=args.accum_iter, accum_buffers=True)  # SERE's ibot_loss layout
@@ -143,43 +141,11 @@ class iBOTSERE(SERETerms, iBOT):
 
 
 @register_method("dino_sere")
-class DINOSERE(SERETerms, SSLMethod):
+class DINOSERE(SERETerms, DINO):
     """DINO + SERE relations (no masking): ``(4 - alpha - beta)/2 * L_DINO + alpha * L_pixel +
     beta * L_channel``, DINO's heads, loss, flags and defaults; crops with overlap tracking.
     The student runs the global crops and the local crops in two calls (the relations of each
     group are needed); only ``--use_bn_in_head`` batch statistics can differ from one call."""
-
-    loss_key = "dino_loss"
-    ddp_find_unused_parameters = True
-
-    def __init__(self, args):
-        super().__init__()
-        kw = dict(patch_size=args.patch_size, img_size=args.global_crops_size)
-        local = args.local_crops_number > 0
-        student = add_sere_heads(create_backbone(args.arch, drop_path_rate=args.drop_path_rate, **kw), local)
-        teacher = add_sere_heads(create_backbone(args.arch, drop_path_rate=0.0, **kw), local)
-        head_kw = dict(nlayers=args.head_nlayers, hidden_dim=args.head_hidden_dim,
-                       bottleneck_dim=args.head_bottleneck_dim)
-        D = student.embed_dim
-        self.student = SEREMultiCropWrapper(student, DINOHead(D, args.out_dim, use_bn=args.use_bn_in_head,
-                                                              norm_last_layer=args.norm_last_layer, **head_kw),
-                                            args.sere_channel_sizes)
-        self.teacher = SEREMultiCropWrapper(teacher, DINOHead(D, args.out_dim, args.use_bn_in_head, **head_kw),
-                                            args.sere_channel_sizes)
-        self.teacher.load_state_dict(self.student.state_dict())
-        for p in self.teacher.parameters():
-            p.requires_grad = False
-        self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
-                                  args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs)
-        self.init_sere(args)
-
-    @classmethod
-    def add_args(cls, parser):
-        add_sere_args(parser)
-
-    @classmethod
-    def check_args(cls, args):
-        check_sere_args(args)
 
     def build_transform(self, args):
         return self.sere_transform(args)
