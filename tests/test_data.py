@@ -125,3 +125,26 @@ def test_blur_radius_scales_with_global_crop_size():
     small = DataAugmentationDINO(global_crops_size=28, local_crops_size=12)
     blur = [t for t in small.local_transfo.transforms if type(t).__name__ == "GaussianBlur"][0]
     assert blur.radius_max == pytest.approx(0.25) and blur.prob == 0.5
+
+
+def test_fast_to_tensor_normalize_is_bit_identical_to_torchvision():
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    from ssvit.data.transforms import normalize_transform
+    rng = np.random.RandomState(0)
+    ref = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406),
+                                                                          (0.229, 0.224, 0.225))])
+    fast = normalize_transform()
+    for shape in ((28, 28, 3), (17, 23, 3)):
+        img = Image.fromarray((rng.rand(*shape) * 255).astype(np.uint8))
+        out = fast(img)
+        assert torch.equal(out, ref(img)) and out.is_contiguous() and out.dtype == torch.float32
+    grey = Image.fromarray((rng.rand(9, 11) * 255).astype(np.uint8))  # mode L, one-channel stats
+    ref1 = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.25,))])
+    assert torch.equal(normalize_transform((0.5,), (0.25,))(grey), ref1(grey))
+    # other modes fall back to torchvision
+    rgba = Image.fromarray((rng.rand(5, 5, 4) * 255).astype(np.uint8), mode="RGBA")
+    ref4 = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 4, (0.25,) * 4)])
+    assert torch.equal(normalize_transform((0.5,) * 4, (0.25,) * 4)(rgba), ref4(rgba))

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Quick k-NN probe of a pretraining checkpoint on a subset of Fashion-MNIST (short-run comparisons).
+
+Top-1 of the teacher backbone, of the same ViT with random weights (seed 0) and of raw pixels, on
+the first ``--train_images`` / ``--test_images`` images (28 px, ImageNet normalisation, no resize),
+weighted k-NN (T = 0.07) as ``eval_knn.py``. For full evaluations use ``eval_knn.py``.
+
+Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 4
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ssvit.data import build_dataset  # noqa: E402
+from ssvit.data.transforms import normalize_transform  # noqa: E402
+from ssvit.engine.checkpoint import load_pretrained_weights  # noqa: E402
+from ssvit.evaluation import knn_classifier  # noqa: E402
+from ssvit.models import create_backbone  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", default="vit_pico")
+    p.add_argument("--patch_size", type=int, default=4)
+    p.add_argument("--checkpoint_key", default="teacher")
+    p.add_argument("--train_images", type=int, default=10000)
+    p.add_argument("--test_images", type=int, default=2000)
+    p.add_argument("--nb_knn", type=int, default=20)
+    args = p.parse_args(argv)
+    tf = normalize_transform()
+    splits = {}
+    for name, train, n in (("train", True, args.train_images), ("test", False, args.test_images)):
+        ds = build_dataset("fashion_mnist", None, train=train)
+        splits[name] = (torch.stack([tf(ds[i][0]) for i in range(n)]), torch.tensor(ds.targets[:n]))
+
+    def top1(feat):
+        (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+        ftr, fte = F.normalize(feat(xtr), dim=1), F.normalize(feat(xte), dim=1)
+        return knn_classifier(ftr, ytr, fte, yte, args.nb_knn, 0.07, num_classes=10)[0]
+
+    results = {}
+    for name in ("trained", "random_init"):
+        torch.manual_seed(0)
+        model = create_backbone(args.arch, patch_size=args.patch_size, img_size=28).eval()
+        if name == "trained":
+            load_pretrained_weights(model, args.checkpoint, args.checkpoint_key, args.arch)
+        with torch.inference_mode():
+            results[name] = top1(lambda x: torch.cat([model(c) for c in x.split(500)]))
+    results["raw_pixels"] = top1(lambda x: x.flatten(1))
+    for k, v in results.items():
+        print(f"{k}: {args.nb_knn}-NN top-1 {v:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
