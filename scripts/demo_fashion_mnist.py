@@ -23,17 +23,36 @@ sys.path.insert(0, ROOT)
 from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config, save_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
-from ssvit.evaluation import build_knn_datasets, dataset_labels, extract_features, knn_classifier  # noqa: E402
-from ssvit.evaluation.knn import raw_pixel_features  # noqa: E402
+from ssvit.evaluation import build_knn_datasets, knn_classifier  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
 
 
-def knn_top1(model, train_ds, test_ds, k: int, batch_size: int = 500, num_workers: int = 2) -> float:
-    model.eval()
-    kw = dict(batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    ftr = F.normalize(extract_features(model, DataLoader(train_ds, **kw)), dim=1)
-    fte = F.normalize(extract_features(model, DataLoader(test_ds, **kw)), dim=1)
-    return knn_classifier(ftr, dataset_labels(train_ds), fte, dataset_labels(test_ds), k, 0.07)[0]
+def load_split(ds, batch_size: int = 1000, num_workers: int = 2):
+    """The whole (small) evaluation split as tensors: images (N, 3, H, W) float32, labels (N,) int64,
+    in dataset order -- read and preprocessed once, shared by the three k-NN runs."""
+    images, labels = [], []
+    for x, y, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+@torch.inference_mode()
+def knn_top1(model, train, test, k: int, batch_size: int = 250) -> float:
+    """Weighted k-NN (T = 0.07, DINO's) top-1 of ``model``'s L2-normalised features; ``model=None``
+    means raw pixels."""
+    def feats(x):
+        if model is None:
+            return F.normalize(x.flatten(1), dim=1)
+        model.eval()
+        return F.normalize(torch.cat([model(c).float() for c in x.split(batch_size)]), dim=1)
+
+    return knn_classifier(feats(train[0]), train[1], feats(test[0]), test[1], k, 0.07)[0]
+
+
+def class_name(dataset, label: int) -> str:
+    classes = getattr(dataset, "classes", None)
+    return classes[label] if classes else str(label)
 
 
 def main(argv=None) -> dict:
@@ -60,13 +79,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     random_vit = create_backbone(args.arch, patch_size=args.patch_size, img_size=args.global_crops_size)
     k = known.nb_knn
-    results = {
-        "dino_teacher": knn_top1(teacher, train_ds, test_ds, k),
-        "random_init": knn_top1(random_vit, train_ds, test_ds, k),
-    }
-    xtr, ytr = raw_pixel_features(train_ds, return_labels=True)
-    xte, yte = raw_pixel_features(test_ds, return_labels=True)
-    results["raw_pixels"] = knn_classifier(xtr, ytr, xte, yte, k, 0.07)[0]
+    train, test = load_split(train_ds), load_split(test_ds)
+    results = {name: knn_top1(model, train, test, k)
+               for name, model in (("dino_teacher", teacher), ("random_init", random_vit), ("raw_pixels", None))}
     eval_s = time.time() - t1
 
     # attention maps of the first test images (teacher, last block, mean over heads)
@@ -76,7 +91,7 @@ def main(argv=None) -> dict:
     imgs = [s[0] for s in samples]
     maps = [attention_maps(teacher, im, args.patch_size)[0] for im in imgs]
     pic = save_attention_figure(torch.stack(imgs), maps, os.path.join(args.output_dir, "attention_maps.png"),
-                                titles=[test_ds.base.classes[s[1]] for s in samples])
+                                titles=[class_name(test_ds.base, s[1]) for s in samples])
 
     summary = {"k": k, "top1": results, "pretrain_seconds": round(pretrain_s, 1), "eval_seconds": round(eval_s, 1),
                "train_images": len(train_ds), "test_images": len(test_ds), "attention_png": pic,

@@ -19,7 +19,10 @@ if ! "$VPY" -c "import torch, torchvision" >/dev/null 2>&1; then
   fi
 fi
 STAMP=.venv/.ssvit-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# re-install when pyproject changed, or when .venv's ssvit points at another checkout (a copied venv)
+HERE_PKG="$(pwd -P)/ssvit/__init__.py"
+VENV_PKG="$("$VPY" -c 'import os, ssvit; print(os.path.realpath(ssvit.__file__))' 2>/dev/null || true)"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$VENV_PKG" != "$HERE_PKG" ]; then
   echo "[setup] installing ssvit and its dependencies"
   "$VPY" -m pip install -q -e ".[dev]"
   touch "$STAMP"

@@ -71,8 +71,10 @@ def test_fashion_mnist_reader(tmp_path):
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.array([4, 0, 9]))
     ds = FashionMNIST(str(tmp_path), train=True)
     img, label = ds[2]
-    assert len(ds) == 3 and label == 9 and img.size == (28, 28) and img.mode == "RGB"
-    assert np.array_equal(np.asarray(img)[..., 0], imgs[2])
+    assert len(ds) == 3 and label == 9 and img.size == (28, 28) and img.mode == "L"
+    assert np.array_equal(np.asarray(img), imgs[2])
+    rgb = FashionMNIST(str(tmp_path), train=True, rgb=True)[2][0]
+    assert rgb.mode == "RGB" and all(np.array_equal(np.asarray(rgb)[..., c], imgs[2]) for c in range(3))
     # truncated file -> clear error
     with open(tmp_path / "bad-idx", "wb") as f:
         f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(10))
@@ -148,3 +150,42 @@ def test_fast_to_tensor_normalize_is_bit_identical_to_torchvision():
     rgba = Image.fromarray((rng.rand(5, 5, 4) * 255).astype(np.uint8), mode="RGBA")
     ref4 = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 4, (0.25,) * 4)])
     assert torch.equal(normalize_transform((0.5,) * 4, (0.25,) * 4)(rgba), ref4(rgba))
+
+
+def test_grey_images_augment_bit_identically_to_their_rgb_copies():
+    """Fashion-MNIST stays 'L' through every built-in pipeline (cheaper); each crop, mask and grid
+    must equal what the same seed gives on the image converted to RGB -- colour jitter's draws
+    included (its hue step is a no-op on grey, skipped for 'L')."""
+    from ssvit.data.masking import MaskedCrops, MaskGenerator
+    from ssvit.data.overlap import DataAugmentationOverlap
+    from ssvit.data.transforms import DataAugmentationiBOT, eval_transform
+    rng = np.random.RandomState(0)
+    # smooth blobs + noise, like garments: exercises contrast, blur and solarisation thresholds
+    yy, xx = np.mgrid[:28, :28]
+    greys = [np.clip(rng.rand() * 255 * np.exp(-((yy - rng.randint(8, 20)) ** 2 + (xx - 14) ** 2) / rng.randint(20, 90))
+                     + rng.rand(28, 28) * 40, 0, 255).astype(np.uint8) for _ in range(40)]
+    grey_ds = [(Image.fromarray(g, mode="L"), 0) for g in greys]
+    rgb_ds = [(im.convert("RGB"), 0) for im, _ in grey_ds]
+    pipelines = {
+        "dino": DataAugmentationDINO(local_crops_number=2, global_crops_size=28, local_crops_size=12),
+        "ibot": MaskedCrops(DataAugmentationiBOT(local_crops_number=2, global_crops_size=28, local_crops_size=12),
+                            MaskGenerator(pred_ratio=0.3, pred_ratio_var=0.2), patch_size=4, n_global=2),
+        "sere": DataAugmentationOverlap(local_crops_number=2, overlap_size=(7, 7), global_crops_size=28,
+                                        local_crops_size=12),
+        "eval": eval_transform(28, 28),
+    }
+
+    def flat(x):
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            return [torch.as_tensor(x)]
+        if isinstance(x, dict):
+            return [t for k in sorted(x) for t in flat(x[k])]
+        return [t for v in x for t in flat(v)]
+
+    for name, tf in pipelines.items():
+        a = TransformedDataset(grey_ds, tf, seed=5)
+        b = TransformedDataset(rgb_ds, tf, seed=5)
+        for i in range(len(greys)):
+            ta, tb = flat(a[i][0]), flat(b[i][0])
+            assert len(ta) == len(tb) and ta[0].shape[0] == 3, name
+            assert all(torch.equal(x, y) for x, y in zip(ta, tb)), (name, i)
