@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-DATASETS = ("imagefolder", "fashion_mnist", "cifar10", "cifar100", "stl10", "svhn", "flowers102", "synthetic")
+DATASETS = ("imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "svhn", "flowers102", "synthetic")
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
@@ -30,6 +30,7 @@ class DatasetInfo:
 
 DATASET_INFO = {
     "imagefolder": DatasetInfo(None, None),
+    "imagenet1k": DatasetInfo(1000, None),  # EsViT's name: an ImageFolder at --data_path
     "fashion_mnist": DatasetInfo(10, 28),
     "cifar10": DatasetInfo(10, 32),
     "cifar100": DatasetInfo(100, 32),
@@ -238,6 +239,8 @@ def build_dataset(name: str, data_path: Optional[str], train: bool = True, downl
     pretraining; evaluation passes ``data_path/train`` or ``data_path/val``."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    if name == "imagenet1k":
+        name = "imagefolder"
     if name == "imagefolder":
         if not data_path:
             raise DataError("--data_path is required for --dataset imagefolder")

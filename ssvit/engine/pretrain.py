@@ -73,8 +73,8 @@ def validate_args(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
     for name in ("global_crops_size", "local_crops_size"):
-        v = getattr(args, name)
-        need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
+        for v in (getattr(args, name) if isinstance(getattr(args, name), (list, tuple)) else [getattr(args, name)]):
+            need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
     need(args.warmup_epochs >= 0 and args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")
     if args.warmup_epochs > args.epochs:
         warnings.warn(f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}: clamped to {args.epochs}")
@@ -212,10 +212,15 @@ class Trainer:
         if load_from and not os.path.isfile(path):
             raise CheckpointError(f"--load_from: '{path}' does not exist")
         if not os.path.isfile(path):
-            return
+            init = getattr(self.args, "pretrained_weights_ckpt", "")  # EsViT: start from another run's checkpoint
+            if not init:
+                return
+            if not os.path.isfile(init):
+                raise CheckpointError(f"--pretrained_weights_ckpt: '{init}' does not exist")
+            path = init
         ckpt = load_checkpoint(path)
-        saved_method = ckpt.get("method", "dino")
-        if saved_method != self.method.name:
+        saved_method = ckpt.get("method")  # absent in the original repos' checkpoints
+        if saved_method is not None and saved_method != self.method.name:
             raise CheckpointError(f"'{path}' was written by method '{saved_method}', this run is "
                                   f"'{self.method.name}': use another --output_dir")
         load_state_checked(self.method.student, strip_prefixes(ckpt["student"], ("module.",)), "student")

@@ -248,7 +248,7 @@ def build_knn_datasets(args):
     synthetic_size = int(getattr(args, "synthetic_size", 256))
     resize, crop = knn_eval_sizes(name, getattr(args, "eval_size", None))
     transform = eval_transform(resize, crop)
-    if name == "imagefolder":
+    if name in ("imagefolder", "imagenet1k"):
         if not data_path:
             raise DataError("--data_path is required for --dataset imagefolder")
         raw_train = build_dataset(name, os.path.join(data_path, "train"))

@@ -1,7 +1,8 @@
 """Self-supervised methods: each plugs a model, an objective and augmentations into the engine."""
 from .base import SSLMethod, get_method, list_methods, register_method
 from .dino import DINO
+from .esvit import EsViT
 from .ibot import iBOT
 from .sere import DINOSERE, iBOTSERE
 
-__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "iBOT", "iBOTSERE", "DINOSERE"]
+__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE"]

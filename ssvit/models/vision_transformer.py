@@ -22,6 +22,20 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer as _TimmViT
 
 
+def interpolate_pos_encoding_esvit(pos_embed: torch.Tensor, npatch: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """EsViT's ViT rule: bicubic with the single scale factor ``sqrt(npatch / N)`` (square grids,
+    no +0.1 offset); identity when ``npatch == N``. (1, P+N, D) -> (1, P+npatch, D)."""
+    N = pos_embed.shape[1] - num_prefix_tokens
+    if npatch == N:
+        return pos_embed
+    dim, side = pos_embed.shape[-1], int(math.sqrt(N))
+    patch_pos = F.interpolate(pos_embed[:, num_prefix_tokens:].reshape(1, side, side, dim).permute(0, 3, 1, 2),
+                              scale_factor=math.sqrt(npatch / N), mode="bicubic")
+    if patch_pos.shape[-2] * patch_pos.shape[-1] != npatch:
+        raise RuntimeError(f"EsViT pos-embed interpolation produced {tuple(patch_pos.shape[-2:])} for {npatch} patches")
+    return torch.cat((pos_embed[:, :num_prefix_tokens], patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
+
+
 def interpolate_pos_encoding(pos_embed: torch.Tensor, h_patches: int, w_patches: int,
                              num_prefix_tokens: int = 1) -> torch.Tensor:
     """Resample DINO's position embeddings to a ``h_patches x w_patches`` grid.
@@ -82,7 +96,8 @@ class VisionTransformer(_TimmViT):
                  num_classes: int = 0, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 masked_im_modeling: bool = False, return_all_tokens: bool = False, **kwargs):
+                 masked_im_modeling: bool = False, return_all_tokens: bool = False, pos_embed_rule: str = "dino",
+                 **kwargs):
         if isinstance(img_size, (list, tuple)):
             img_size = img_size[0]  # DINO passes img_size as a list and uses its first entry
         kwargs.pop("qk_scale", None)
@@ -99,6 +114,9 @@ class VisionTransformer(_TimmViT):
         self.masked_embed = nn.Parameter(torch.zeros(1, embed_dim)) if masked_im_modeling else None
         self.masked_im_modeling = masked_im_modeling
         self.return_all_tokens = return_all_tokens
+        if pos_embed_rule not in ("dino", "esvit"):
+            raise ValueError(f"pos_embed_rule must be 'dino' or 'esvit', got {pos_embed_rule!r}")
+        self.pos_embed_rule = pos_embed_rule  # EsViT's ViT resamples without DINO's +0.1 offset
 
     # --- token preparation ------------------------------------------------------------------
     def prepare_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -111,7 +129,10 @@ class VisionTransformer(_TimmViT):
             x = torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype).view(1, 1, 1, D), x)
         x = x.reshape(B, h * w, D)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-        x = x + interpolate_pos_encoding(self.pos_embed, h, w, self.num_prefix_tokens)
+        if self.pos_embed_rule == "esvit" and h == w:
+            x = x + interpolate_pos_encoding_esvit(self.pos_embed, h * w, self.num_prefix_tokens)
+        else:
+            x = x + interpolate_pos_encoding(self.pos_embed, h, w, self.num_prefix_tokens)
         return self.pos_drop(x)
 
     def forward_blocks(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -133,6 +154,11 @@ class VisionTransformer(_TimmViT):
         if self.return_all_tokens if return_all_tokens is None else return_all_tokens:
             return x
         return self.forward_head(x)
+
+    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """EsViT's dense ``forward_features``: (CLS (B, D), patch tokens (B, N, D)), both final-normed."""
+        x = self.forward_features(x)
+        return x[:, 0], x[:, self.num_prefix_tokens:]
 
     # --- analysis helpers -------------------------------------------------------------------
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:

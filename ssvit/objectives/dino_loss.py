@@ -31,7 +31,10 @@ class DINOLoss(nn.Module):
     mean per pair first). The center is updated *after* the loss, with the teacher logits of the
     whole global batch (all-reduced under DDP) -- so the loss at step t uses the EMA through t-1.
 
-    ``targets_mixup`` accepts EsViT's call signature; ``None`` (or empty) gives DINO's loss.
+    ``targets_mixup``: EsViT's mixup variant (``--use_mixup``). ``None`` / empty gives DINO's loss;
+    otherwise a list with one (B, B) soft-target matrix per student crop, and each pair's per-row
+    loss is, literally as EsViT, ``-sum(T_v * (q_i @ log_softmax(s_v).T), dim=-1)`` (QUIRK: rows
+    of the product index teacher images, columns student images).
     """
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
@@ -47,8 +50,9 @@ class DINOLoss(nn.Module):
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
                 targets_mixup=None) -> torch.Tensor:
-        if targets_mixup is not None and len(targets_mixup) > 0:
-            raise ValueError("DINOLoss: mixup targets are only supported by the EsViT method")
+        mixup = targets_mixup is not None and len(targets_mixup) > 0
+        if mixup and len(targets_mixup) != self.ncrops:
+            raise ValueError(f"targets_mixup needs one target matrix per crop ({self.ncrops}), got {len(targets_mixup)}")
         student_out = (student_output / self.student_temp).chunk(self.ncrops)
 
         temp = self.teacher_temp_schedule[epoch]
@@ -61,7 +65,10 @@ class DINOLoss(nn.Module):
             for v in range(len(student_out)):
                 if v == iq:
                     continue  # teacher and student see the same view
-                loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
+                if mixup:
+                    loss = -torch.sum(targets_mixup[v] * torch.mm(q, F.log_softmax(student_out[v], dim=-1).t()), dim=-1)
+                else:
+                    loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
                 total_loss += loss.mean()
                 n_loss_terms += 1
         total_loss /= n_loss_terms
