@@ -68,14 +68,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_size", default=None, type=int,
                    help="crop size; default 224 (resize 256) for imagefolder, the native size for built-ins")
     p.add_argument("--synthetic_size", default=256, type=int, help="training images of --dataset synthetic")
+    # EsViT's additions: model config of Swin / CvT / ViL, packed-ImageNet flag
+    p.add_argument("--cfg", default=None, type=str, help="EsViT YAML model config (Swin / CvT / ViL)")
+    p.add_argument("--zip_mode", default=False, type=bool_flag, help="EsViT's packed ImageNet: not supported")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of --cfg")
     return p
 
 
 def build_model(args, device: torch.device) -> torch.nn.Module:
     """Backbone ``create_backbone(arch, patch_size, num_classes=0)`` with the pretrained weights, eval mode."""
     try:
-        model = build_eval_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device)
-    except ValueError as e:  # unknown architecture
+        extra = {}
+        if getattr(args, "zip_mode", False):
+            raise ValueError("--zip_mode reads Microsoft's packed ImageNet files, which ssvit does not support: "
+                             "unpack to data_path/train and data_path/val")
+        if getattr(args, "opts", None) and not getattr(args, "cfg", None):
+            raise ValueError(f"KEY VALUE overrides {args.opts} need --cfg")
+        if getattr(args, "cfg", None):
+            from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
+            extra = backbone_kwargs_from_cfg(args.arch, load_esvit_config(args.cfg, args.opts))
+        model = build_eval_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device,
+                                    **extra)
+    except ValueError as e:  # unknown architecture, bad config
         raise UsageError(str(e)) from e
     print(f"Model {args.arch} {args.patch_size}x{args.patch_size} built.")
     return model

@@ -91,7 +91,8 @@ HEAD_PREFIXES = ("head.", "head_dense.", "head_recons.", "fc.", "last_layer", "c
 def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher") -> dict:
     """Pick the state dict out of any supported file and normalise its keys to the backbone's.
 
-    Accepts: full training checkpoints (``ckpt[checkpoint_key]``), iBOT backbone files
+    Accepts: full training checkpoints (``ckpt[checkpoint_key]``, also one level deeper under
+    ``'model'`` / ``'state_dict'`` as EsViT's non-SSL files), iBOT backbone files
     (``{'state_dict': ...}``), ``{'model': ...}`` / ``{'net': ...}`` files and bare state dicts.
     """
     if not isinstance(ckpt, dict):
@@ -104,6 +105,9 @@ def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher")
             if k in ckpt and isinstance(ckpt[k], dict):
                 sd = ckpt[k]
                 break
+    for k in ("model", "state_dict"):  # e.g. EsViT's supervised files: ckpt[key]['model']
+        if not all(isinstance(v, torch.Tensor) for v in sd.values()) and isinstance(sd.get(k), dict):
+            sd = sd[k]
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = ", ".join(list(ckpt.keys())[:10])
         raise CheckpointError(f"no state dict found under key '{checkpoint_key}'; top-level keys: {keys}")

@@ -111,15 +111,16 @@ def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: in
 
 
 def build_eval_backbone(arch: str, patch_size: int, pretrained_weights: str, checkpoint_key: Optional[str] = "teacher",
-                        device: torch.device | str = "cpu") -> nn.Module:
+                        device: torch.device | str = "cpu", **backbone_kwargs) -> nn.Module:
     """``create_backbone(arch, patch_size=..., num_classes=0)`` on the checkpoint's own grid, with its
-    weights loaded (the file is read once), in ``eval()`` mode on ``device``. Raises
+    weights loaded (the file is read once), in ``eval()`` mode on ``device``; ``backbone_kwargs``
+    (e.g. from an EsViT ``--cfg``) go to the constructor. Raises
     ``CheckpointError`` for an empty path (ssvit never downloads) or a checkpoint that does not
     fit (the message lists the keys); ``ValueError`` for an unknown ``arch``."""
     from ..engine.checkpoint import load_backbone_state, read_pretrained_state
     from ..models import create_backbone
     sd = read_pretrained_state(pretrained_weights, checkpoint_key)
-    kwargs = dict(patch_size=patch_size, num_classes=0)
+    kwargs = dict(patch_size=patch_size, num_classes=0, **backbone_kwargs)
     img_size = grid_img_size(sd, patch_size)
     if img_size is not None:
         kwargs["img_size"] = img_size
