@@ -4,7 +4,7 @@
 Times complete training iterations of a method (teacher + student forward on the multi-crop batch,
 loss, backward, per-parameter clipping, optimizer step, EMA) on one batch made by the method's own
 transform (crops, iBOT masks, SERE overlap grids) from random images, so the figure isolates the
-model/engine from data loading. ``--method dino | ibot | ibot_sere | dino_sere``. Every pretraining flag applies
+model/engine from data loading. ``--method dino | ibot | ibot_sere | dino_sere | esvit``. Every pretraining flag applies
 (``--arch``, ``--patch_size``, crops, ``--batch_size_per_gpu``, ``--use_fp16``/``--amp_dtype``...).
 
 ``--compare_original`` also times, in the same process, the original DINO code paths that ssvit
@@ -132,6 +132,7 @@ def main(argv=None):
     known, rest = extra.parse_known_args(argv)
     args = parse_with_config(get_args_parser(rest), rest)
     validate_args(args)
+    get_method(args.method).check_args(args)
     device = resolve_device(args.device)
     peak = known.peak_tflops
     if peak is None and device.type == "cuda" and "H100" in torch.cuda.get_device_name():

@@ -34,7 +34,14 @@ def main(argv=None) -> dict:
     p.add_argument("--train_images", type=int, default=10000)
     p.add_argument("--test_images", type=int, default=2000)
     p.add_argument("--nb_knn", type=int, default=20)
+    p.add_argument("--cfg", default=None, help="EsViT YAML model config (Swin / CvT / ViL archs)")
     args = p.parse_args(argv)
+    kwargs = dict(img_size=28)
+    if args.cfg:
+        from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
+        kwargs.update(backbone_kwargs_from_cfg(args.arch, load_esvit_config(args.cfg)))
+    else:
+        kwargs["patch_size"] = args.patch_size
     tf = normalize_transform()
     splits = {}
     for name, train, n in (("train", True, args.train_images), ("test", False, args.test_images)):
@@ -49,7 +56,7 @@ def main(argv=None) -> dict:
     results = {}
     for name in ("trained", "random_init"):
         torch.manual_seed(0)
-        model = create_backbone(args.arch, patch_size=args.patch_size, img_size=28).eval()
+        model = create_backbone(args.arch, **kwargs).eval()
         if name == "trained":
             load_pretrained_weights(model, args.checkpoint, args.checkpoint_key, args.arch)
         with torch.inference_mode():

@@ -158,3 +158,43 @@ def test_esvit_run_checkpoint_layout_and_knn_loading(tmp_path):
     vit = create_backbone("vit_pico", patch_size=4, img_size=32)
     load_pretrained_weights(vit, str(out / "checkpoint.pth"), "teacher", "vit_pico")
     torch.testing.assert_close(vit.pos_embed, ck["teacher"]["pos_embed"])
+
+
+MULTISTAGE = ["--method", "esvit", "--global_crops_size", "64", "--out_dim", "64", "--head_hidden_dim", "32",
+              "--head_bottleneck_dim", "16", "--epochs", "2", "--batch_size_per_gpu", "2",
+              "--local_crops_number", "2", "--local_crops_size", "32", "--use_dense_prediction", "true"]
+
+
+@pytest.mark.parametrize("arch", ["swin_pico", "cvt_pico", "vil_pico"])
+def test_esvit_multistage_training_reduces_loss_and_matches_region_counts(arch):
+    torch.manual_seed(0)
+    m, _ = build_method(MULTISTAGE + ["--arch", arch])
+    x = crops(b=2, g=64, l_size=32)
+    with torch.no_grad():
+        _, _, fea, npatch = m.student(x)
+    assert len(npatch) == 2 and npatch[0] > npatch[1] >= 1 and fea.shape[0] == 2 * 2 * npatch[0] + 2 * 2 * npatch[1]
+    losses = train_on_fixed_batch(m, x, steps=6)
+    assert losses[-1] < losses[0] - 0.05, losses
+    # EsViT key layout: the backbone's own keys next to head / head_dense
+    keys = set(m.teacher.state_dict())
+    assert "norm.weight" in keys and "head_dense.last_layer.weight_g" in keys
+    assert not any(k.startswith("backbone.") for k in keys)
+
+
+def test_esvit_cfg_file_builds_the_configured_swin_and_eval_reads_it(tmp_path):
+    from ssvit.evaluation.knn import build_eval_backbone
+    from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = os.path.join(root, "configs", "esvit", "swin_fmnist.yaml")
+    m, args = build_method(MULTISTAGE[:-6] + ["--arch", "swin_tiny", "--cfg", cfg, "--global_crops_size", "28",
+                                              "--local_crops_number", "2", "--local_crops_size", "12"])
+    s, t = m.student.backbone, m.teacher.backbone
+    assert s.patch_embed.proj.kernel_size == (2, 2) and s.num_features == 192 and len(s.layers) == 3
+    assert all(b.drop_path.__class__.__name__ == "Identity" for layer in t.layers for b in layer.blocks)
+    # eval_knn.py --cfg: the same architecture loads the teacher of an EsViT-layout checkpoint
+    sd = {"module." + k: v for k, v in m.teacher.state_dict().items()}
+    torch.save({"teacher": sd}, tmp_path / "ck.pth")
+    kw = backbone_kwargs_from_cfg("swin_tiny", load_esvit_config(cfg))
+    model = build_eval_backbone("swin_tiny", 16, str(tmp_path / "ck.pth"), "teacher", **kw)
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(model(x), t.eval()(x))

@@ -84,6 +84,8 @@ def backbone_kwargs_from_cfg(arch: str, cfg: dict) -> dict:
         raise ValueError(f"--cfg applies to Swin / CvT / ViL archs, not '{arch}'")
     spec = (cfg.get("MODEL") or {}).get("SPEC") or {}
     kwargs = dict(importlib.import_module(family).spec_to_kwargs(spec))
+    if "patch_size" in kwargs:  # the factories ignore the CLI's (ViT) --patch_size; a config's is honoured
+        kwargs["cfg_patch_size"] = kwargs.pop("patch_size")
     size = (cfg.get("TRAIN") or {}).get("IMAGE_SIZE")
     if size:
         kwargs["img_size"] = int(size[0] if isinstance(size, (list, tuple)) else size)
