@@ -59,13 +59,8 @@ def esvit_cvt_layout(dims, depths, patch=(7, 3, 3, 3), mlp_ratio=4):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These small tensors run fastest on one thread; with two on busy shared cores the OpenMP
-    barriers made this file ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(single_thread):
+    """This file: many tiny ops, fastest on one thread (conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")

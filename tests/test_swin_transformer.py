@@ -21,13 +21,8 @@ SWIN_T_PARAMS = 27_519_354  # spec backbones.md §3.1 (parameters only; index bu
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny ops on a busy 2-core machine spend most of their time in intra-op thread barriers
-    (this file runs ~8x faster single-threaded); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(single_thread):
+    """This file: many tiny ops, fastest on one thread (conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,8 @@ VIL_2262_PARAMS = 27_569_352  # spec backbones.md §5.1 (shared SHARE_W modules 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Many tiny ops: on a busy 2-core machine intra-op threads cost 10-30x more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(single_thread):
+    """This file: many tiny ops, fastest on one thread (conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")

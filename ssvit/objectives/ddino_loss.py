@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .dino_loss import all_reduce_sum, world_size
-from .schedules import teacher_temp_schedule
+from .dino_loss import DINOLoss, all_reduce_sum, world_size
 
 
 def match_regions(student_fea: torch.Tensor, teacher_fea: torch.Tensor) -> torch.Tensor:
@@ -21,7 +19,7 @@ def match_regions(student_fea: torch.Tensor, teacher_fea: torch.Tensor) -> torch
     return sim.max(dim=2)[1]
 
 
-class DDINOLoss(nn.Module):
+class DDINOLoss(DINOLoss):
     """EsViT's ``DDINOLoss``: DINO's view-level loss plus a region-level term on matched tokens.
 
     Drop-in for the original: same constructor parameters and order, ``forward(student_output,
@@ -45,14 +43,9 @@ class DDINOLoss(nn.Module):
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
                  center_momentum: float = 0.9):
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.ncrops = ncrops
-        self.register_buffer("center", torch.zeros(1, out_dim))
+        super().__init__(out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
+                         student_temp, center_momentum)
         self.register_buffer("center_grid", torch.zeros(1, out_dim))
-        self.teacher_temp_schedule = teacher_temp_schedule(
-            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
 
     def split_sizes(self, s_npatch: Sequence[int]) -> list[int]:
         """Tokens per student crop: two globals with ``npatch[0]``, the rest with ``npatch[1]``."""
@@ -105,9 +98,7 @@ class DDINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor, teacher_grid_output: torch.Tensor) -> None:
-        batch_center = all_reduce_sum(torch.sum(teacher_output, dim=0, keepdim=True))
-        batch_center = batch_center / (len(teacher_output) * world_size())
+        super().update_center(teacher_output)
         grid_center = all_reduce_sum(torch.sum(teacher_grid_output, dim=0, keepdim=True))
         grid_center = grid_center / (len(teacher_grid_output) * world_size())
-        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
         self.center_grid = self.center_grid * self.center_momentum + grid_center * (1 - self.center_momentum)
