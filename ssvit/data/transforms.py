@@ -122,8 +122,14 @@ class DataAugmentationDINO:
             transforms.RandomResizedCrop(global_crops_size, scale=tuple(global_crops_scale), interpolation=bicubic),
             fcj, GaussianBlur(0.1, **blur), Solarization(0.2), norm])
         self.local_crops_number = local_crops_number
-        self.local_transfo = transforms.Compose([
-            transforms.RandomResizedCrop(local_crops_size, scale=tuple(local_crops_scale), interpolation=bicubic),
+        self._local_parts = (tuple(local_crops_scale), fcj, blur, norm)
+        self.local_transfo = self.local_transform(local_crops_size)
+
+    def local_transform(self, size: int):
+        """DINO's local-crop pipeline at ``size`` px (blur p=0.5, radii scaled by the global size)."""
+        scale, fcj, blur, norm = self._local_parts
+        return transforms.Compose([
+            transforms.RandomResizedCrop(size, scale=scale, interpolation=transforms.InterpolationMode.BICUBIC),
             fcj, GaussianBlur(p=0.5, **blur), norm])
 
     def __call__(self, image: Image.Image):

@@ -73,9 +73,8 @@ def validate_args(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
     from ..models.esvit_config import is_multistage
-    for name in ("global_crops_size", "local_crops_size"):
-        if is_multistage(args.arch):
-            break  # --patch_size is a ViT flag; Swin / CvT / ViL take any crop size
+    # --patch_size is a ViT flag; Swin / CvT / ViL take any crop size
+    for name in () if is_multistage(args.arch) else ("global_crops_size", "local_crops_size"):
         for v in (getattr(args, name) if isinstance(getattr(args, name), (list, tuple)) else [getattr(args, name)]):
             need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
     need(args.warmup_epochs >= 0 and args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")

@@ -74,9 +74,7 @@ class DataAugmentationEsViT(DataAugmentationDINO):
     def __init__(self, global_crops_scale, local_crops_scale, local_crops_number: Sequence[int],
                  global_crops_size: int = 224, local_crops_size: Sequence[int] = (96,)):
         super().__init__(global_crops_scale, local_crops_scale, 0, global_crops_size, local_crops_size[0])
-        self.local_groups = [(n, DataAugmentationDINO(global_crops_scale, local_crops_scale, 0, global_crops_size,
-                                                       size).local_transfo)
-                             for n, size in zip(local_crops_number, local_crops_size)]
+        self.local_groups = [(n, self.local_transform(size)) for n, size in zip(local_crops_number, local_crops_size)]
 
     def __call__(self, image):
         crops = [self.global_transfo1(image), self.global_transfo2(image)]
@@ -180,7 +178,7 @@ class EsViT(SSLMethod):
         if args.use_dense_prediction and len(sizes_used) > 1:
             raise ValueError("--use_dense_prediction true supports a single --local_crops_size (EsViT's DDINOLoss "
                              f"splits the region tokens by one local size), got {args.local_crops_size}")
-        if args.use_dense_prediction and args.local_crops_size and sizes_used == {args.global_crops_size}:
+        if args.use_dense_prediction and sizes_used == {args.global_crops_size}:
             raise ValueError("--use_dense_prediction true needs local crops smaller than the global crops")
         if args.aug_opt not in AUG_OPTS:
             raise ValueError(f"--aug-opt must be one of {', '.join(AUG_OPTS)} (EsViT lists mocov2_aug and basic_aug "

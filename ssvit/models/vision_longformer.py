@@ -222,6 +222,16 @@ def _attend(q, k, v, mask, scale: float, dropout: nn.Dropout, training: bool, re
 # ------------------------------------------------------------------------------------------------
 # attention modules
 # ------------------------------------------------------------------------------------------------
+def _add_global_rpe(module: nn.Module, num_heads: int, nglo: int) -> None:
+    """Global-token relative biases shared by both attention types: ``g2l_relative_position_bias``
+    (2, heads, g) and ``g2g_relative_position_bias`` (heads, g, g), trunc-normal 0.02."""
+    if nglo >= 1:
+        module.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, nglo))
+        module.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, nglo, nglo))
+        trunc_normal_(module.g2l_relative_position_bias, std=0.02)
+        trunc_normal_(module.g2g_relative_position_bias, std=0.02)
+
+
 class SlidingChunkAttention(nn.Module):
     """2-D sliding-chunk Longformer attention with global tokens (EsViT ``Long2DSCSelfAttention``).
 
@@ -267,11 +277,7 @@ class SlidingChunkAttention(nn.Module):
         if rpe:
             self.local_relative_position_bias_table = nn.Parameter(torch.zeros((4 * w - 1) ** 2, num_heads))
             trunc_normal_(self.local_relative_position_bias_table, std=0.02)
-            if nglo >= 1:
-                self.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, nglo))
-                self.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, nglo, nglo))
-                trunc_normal_(self.g2l_relative_position_bias, std=0.02)
-                trunc_normal_(self.g2g_relative_position_bias, std=0.02)
+            _add_global_rpe(self, num_heads, nglo)
             self.register_buffer("relative_position_index", sliding_rpe_index(w))
 
     def current_mode(self) -> int:
@@ -410,11 +416,7 @@ class FullAttention(nn.Module):
             self.wx, self.wy = wx, wy
             self.local_relative_position_bias_table = nn.Parameter(torch.zeros((2 * wx - 1) * (2 * wy - 1), num_heads))
             trunc_normal_(self.local_relative_position_bias_table, std=0.02)
-            if nglo >= 1:
-                self.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, nglo))
-                self.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, nglo, nglo))
-                trunc_normal_(self.g2l_relative_position_bias, std=0.02)
-                trunc_normal_(self.g2g_relative_position_bias, std=0.02)
+            _add_global_rpe(self, num_heads, nglo)
             self.register_buffer("relative_position_index", full_rpe_index(wx, wy))
 
     def relative_bias(self, npatch: int) -> torch.Tensor:
