@@ -8,12 +8,17 @@ tokens (Swin, CvT, ViL, ViT):
   jittered, grey copy; accuracy of the 10 best matches landing on the mirrored cell, mean distance
   error, 10th similarity -> ``<set>/measure_correspondence.json`` (and EsViT's ``.pickle``);
 * ``--vis_attention``: last-block attention of one query (first window for windowed backbones),
-  heads sorted by entropy -> ``attn-head_XX.png`` and ``attn_all_query{q}.png``.
+  heads sorted by entropy -> ``attn-head_XX.png`` and ``attn_all_query{q}.png``;
+* ``--vis_entropy``: over a validation set, every block's per-head attention entropy (bits, first
+  window, averaged over queries 0..48 and over images) ->
+  ``<set>/attn_entropy_avg_all_queries_no_sort.pickle`` (a list per block) and ``.json``.
 
 Examples:
   python scripts/analyze_models.py --arch swin_tiny --pretrained_weights ckpt.pth --vis_correspondence true
   python scripts/analyze_models.py --arch swin_pico --pretrained_weights runs/x/checkpoint.pth \\
       --dataset fashion_mnist --image_size 64 --measure_correspondence true --max_images 500
+  python scripts/analyze_models.py --arch swin_tiny --pretrained_weights ckpt.pth --data_path /imagenet \\
+      --vis_entropy true
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from ssvit.config import bool_flag  # noqa: E402
 from ssvit.data import DataError, build_dataset  # noqa: E402
 from ssvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from ssvit.engine.checkpoint import CheckpointError  # noqa: E402
+from ssvit.evaluation.attention_entropy import EntropyMeter  # noqa: E402
 from ssvit.evaluation.correspondence import draw_correspondence, flip_correspondence  # noqa: E402
 from ssvit.evaluation.knn import build_eval_backbone  # noqa: E402
 
@@ -57,12 +63,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--vis_correspondence", default=False, type=bool_flag)
     p.add_argument("--measure_correspondence", default=False, type=bool_flag)
     p.add_argument("--vis_attention", default=False, type=bool_flag)
+    p.add_argument("--vis_entropy", default=False, type=bool_flag)
     p.add_argument("--threshold", default=0.6, type=float)
     p.add_argument("--query", default=9, type=int, help="attention query position")
     # ssvit additions
-    p.add_argument("--dataset", default="imagefolder", type=str, help="measure on a built-in dataset's test split")
+    p.add_argument("--dataset", default="imagefolder", type=str,
+                   help="measure / entropy on a built-in dataset's test split")
     p.add_argument("--image_size", default=224, type=int, help="view size (the original: 224)")
-    p.add_argument("--max_images", default=0, type=int, help="measure: stop after N images (0 = all)")
+    p.add_argument("--max_images", default=0, type=int, help="measure / entropy: stop after N images (0 = all)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of --cfg")
     return p
 
@@ -119,7 +127,9 @@ def vis_correspondence(model, args) -> str:
     return draw_correspondence(img1, img2, fea1, fea2, os.path.join(out, f"correspondence{args.seed}.png"))
 
 
-def measure_correspondence(model, args) -> dict:
+def val_images(args):
+    """The validation set of ``--measure_correspondence`` / ``--vis_entropy``: (dataset, output
+    subfolder name, Resize(bicubic) + CenterCrop transform, crop size, number of images)."""
     from ssvit.evaluation.knn import knn_eval_sizes
     resize, crop = knn_eval_sizes(args.dataset, args.image_size)
     tf = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop)])
@@ -130,10 +140,15 @@ def measure_correspondence(model, args) -> dict:
         ds = build_dataset(args.dataset, args.data_path if args.data_path != "/path/to/imagenet/" else None,
                            train=False)
         name = args.dataset
+    n = len(ds) if args.max_images <= 0 else min(args.max_images, len(ds))
+    return ds, name, tf, crop, n
+
+
+def measure_correspondence(model, args) -> dict:
+    ds, name, tf, crop, n = val_images(args)
     flip_jitter_grey = T.Compose([T.RandomHorizontalFlip(p=1.0), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)],
                                   p=0.8), T.RandomGrayscale(p=1.0)])
     norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    n = len(ds) if args.max_images <= 0 else min(args.max_images, len(ds))
     sums = {"accuracy": 0.0, "distance_error": 0.0, "sim_value": 0.0}
     for i in range(n):
         img = tf(ds[i][0].convert("RGB"))
@@ -151,6 +166,31 @@ def measure_correspondence(model, args) -> dict:
         pickle.dump(result, f)
     print(f"correspondence over {n} images: accuracy {result['accuracy_avg']:.4f}, "
           f"distance error {result['distance_error_avg']:.2f} px, 10th similarity {result['sim_value_avg']:.4f}")
+    return result
+
+
+def vis_entropy(model, args) -> list[list[float]]:
+    """Per-block, per-head attention entropy (bits) averaged over the validation images: one list
+    of ``heads`` values per block, written as EsViT's pickle and as JSON."""
+    if not hasattr(model, "get_all_selfattention"):
+        raise ValueError(f"--arch {args.arch} exposes no attention maps (get_all_selfattention)")
+    ds, name, tf, _, n = val_images(args)
+    norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    meter = EntropyMeter()
+    for i in range(n):
+        img = norm(tf(ds[i][0].convert("RGB")))
+        with torch.inference_mode():
+            meter.update(model.get_all_selfattention(img.unsqueeze(0)))
+    result = meter.values()
+    out = os.path.join(args.output_dir, name)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, "attn_entropy_avg_all_queries_no_sort")
+    with open(stem + ".pickle", "wb") as f:
+        pickle.dump(result, f)
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"attention entropy over {n} images ({len(result)} blocks), mean per block (bits): "
+          + " ".join(f"{sum(b) / len(b):.3f}" for b in result))
     return result
 
 
@@ -190,8 +230,9 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.opts and not args.cfg:
         raise ValueError(f"KEY VALUE overrides {args.opts} need --cfg")
-    if not (args.vis_correspondence or args.measure_correspondence or args.vis_attention):
-        raise ValueError("choose at least one of --vis_correspondence / --measure_correspondence / --vis_attention")
+    if not (args.vis_correspondence or args.measure_correspondence or args.vis_attention or args.vis_entropy):
+        raise ValueError("choose at least one of --vis_correspondence / --measure_correspondence / --vis_attention"
+                         " / --vis_entropy")
     torch.manual_seed(args.seed)
     model = build_model(args)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -202,6 +243,8 @@ def main(argv=None) -> dict:
         out["measure"] = measure_correspondence(model, args)
     if args.vis_attention:
         out["attention_pngs"] = vis_attention(model, args)
+    if args.vis_entropy:
+        out["entropy"] = vis_entropy(model, args)
     return out
 
 

@@ -362,6 +362,28 @@ def test_get_last_selfattention():
         torch.testing.assert_close(a, ((q @ k.transpose(-1, -2)) * 64 ** -0.5).softmax(-1))
 
 
+def test_get_all_selfattention_windows_by_hand():
+    torch.manual_seed(0)
+    m = randomise_(create_backbone("cvt_pico")).eval()
+    x = torch.randn(2, 3, 112, 112)  # stage maps 28, 14, 7, 4 -> 16, 4, 1, 1 windows per image
+    attns = m.get_all_selfattention(x)
+    assert len(attns) == sum(m.depths) == 4
+    assert [tuple(a.shape) for a in attns] == [(32, 1, 49, 49), (8, 2, 49, 49), (2, 2, 49, 49), (2, 4, 16, 16)]
+    assert torch.equal(attns[-1], m.get_last_selfattention(x))
+    for a in attns:
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    # block 1 (stage 1) by hand from its input: image 1, window (row 1, col 0), head 1
+    with torch.no_grad():
+        y = m.stage1[0](m.stage0(x.contiguous(memory_format=torch.channels_last)))
+        blk = m.stage1[1].layers[0][0]
+        qkv = blk.fn.qkv(blk.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))  # (2, 96, 14, 14)
+        q = qkv[1, 16:32, 7:14, 0:7].reshape(16, 49).T  # head 1 = channels 16..31 of q
+        k = qkv[1, 32 + 16:32 + 32, 7:14, 0:7].reshape(16, 49).T
+        ref = (q @ k.T * 32 ** -0.5).softmax(-1)  # scale: full embed dim 32
+    torch.testing.assert_close(attns[1][4 + 2 * 1 + 0, 1], ref, atol=1e-6, rtol=1e-4)
+    assert (attns[1][4 + 2, 1] - attns[1][4 + 1, 1]).abs().max() > 1e-3
+
+
 def test_esvit_checkpoint_layout_loads(tmp_path):
     torch.manual_seed(0)
     src = randomise_(create_backbone("cvt_pico")).eval()

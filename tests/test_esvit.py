@@ -198,3 +198,69 @@ def test_esvit_cfg_file_builds_the_configured_swin_and_eval_reads_it(tmp_path):
     model = build_eval_backbone("swin_tiny", 16, str(tmp_path / "ck.pth"), "teacher", **kw)
     x = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(model(x), t.eval()(x))
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "esvit")
+
+
+@pytest.mark.parametrize("name,arch,params", [("cvt_v4_s1", "cvt_tiny", 29_303_616),  # spec backbones.md §4.1
+                                              ("cvt_v4_s3", "cvt_small", 22_620_160)])  # measured on the original
+def test_esvit_cvt_config_files_build_the_spec_models(name, arch, params):
+    from ssvit.models.esvit_config import backbone_kwargs_from_cfg
+    kw = backbone_kwargs_from_cfg(arch, load_esvit_config(os.path.join(CONFIGS, name + ".yaml")))
+    assert kw["img_size"] == 224 and kw["window_sizes"] == [7, 7, 7, 7] and kw["init"] == "trunc_norm"
+    with torch.device("meta"):  # layout only
+        m = create_backbone(arch, **kw)
+    assert sum(p.numel() for p in m.parameters()) == params
+    s1 = name.endswith("s1")
+    assert m.depths == ((2, 2, 6, 2) if s1 else (2, 2, 10, 4))
+    assert m.num_heads == ((1, 3, 6, 12) if s1 else (2, 4, 8, 16))
+    assert m.shift == (False,) * 4 and not m.rel_pos_embed and not m.res_stem
+    dpr = [b.drop_prob for b in m.modules() if type(b).__name__ == "DropPath"]
+    assert max(dpr) == pytest.approx(0.1 if s1 else 0.2)
+
+
+def test_esvit_vil_config_files():
+    from ssvit.models.esvit_config import backbone_kwargs_from_cfg
+    from ssvit.models.vision_longformer import VIL_2262_ARCH, VIL_SMALL_ARCH, SlidingChunkAttention
+    base = load_esvit_config(os.path.join(CONFIGS, "vil_small_base.yaml"))
+    msvit = base["MODEL"]["SPEC"]["MSVIT"]
+    assert msvit["ARCH"] == VIL_SMALL_ARCH and msvit["MODE"] == 0 and msvit["VIL_MODE_SWITCH"] == 0.5
+    small = create_backbone("vil", **backbone_kwargs_from_cfg("vil", base))
+    assert small.depths == [1, 2, 8, 1] and small.num_features == 768 and small.drop_path_rate == pytest.approx(0.1)
+    assert small.layer1[0].norm_embed is not None and hasattr(small.layer1[0], "x_pos_embed")  # a1: absolute
+    a = small.layer1[1].attn
+    assert a.query_global is a.query and a.mode == 0  # SHARE_W
+    cfg = load_esvit_config(os.path.join(CONFIGS, "vil_2262.yaml"))  # BASE vil_small_base.yaml + README overrides
+    msvit = cfg["MODEL"]["SPEC"]["MSVIT"]
+    assert msvit["ARCH"] == VIL_2262_ARCH and msvit["MODE"] == 1 and msvit["VIL_MODE_SWITCH"] == 0.75
+    assert msvit["SHARE_W"] is True and cfg["MODEL"]["SPEC"]["DROP_PATH"] == 0.1  # inherited
+    m = create_backbone("vil_2262", **backbone_kwargs_from_cfg("vil_2262", cfg))
+    assert sum(p.numel() for p in m.parameters()) == 27_569_352  # spec backbones.md §5.1
+    assert [s.mode for s in m.modules() if isinstance(s, SlidingChunkAttention)] == [1] * 4
+    with pytest.raises(ValueError, match="fixed arch"):  # the base file's arch needs the README's override
+        create_backbone("vil_2262", **backbone_kwargs_from_cfg("vil_2262", base))
+
+
+@pytest.mark.parametrize("arch,name", [("cvt_tiny", "cvt_v4_s1"), ("vil_2262", "vil_2262")])
+def test_esvit_main_pretrain_accepts_the_config_files(arch, name):
+    import warnings
+
+    from main_pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    from ssvit.engine.pretrain import validate_args
+    from ssvit.methods import get_method
+    flags = ["--method", "esvit", "--arch", arch, "--aug-opt", "dino_aug",
+             "--cfg", os.path.join(CONFIGS, name + ".yaml")]
+    args = parse_with_config(get_args_parser(flags), flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        validate_args(args)
+    cls = get_method("esvit")
+    cls.check_args(args)
+    student, teacher = cls.build_backbones(args)  # full size, no heads
+    n = 29_303_616 if arch == "cvt_tiny" else 27_569_352
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters()) == n
+    s_dpr = [b.drop_prob for b in student.modules() if type(b).__name__ == "DropPath"]
+    assert max(s_dpr) == pytest.approx(0.1)  # the config's drop path; the teacher has none
+    assert not any(type(b).__name__ == "DropPath" and b.drop_prob > 0 for b in teacher.modules())

@@ -90,6 +90,26 @@ def test_attention_map_matches_explicit_block_computation():
     torch.testing.assert_close(out_fused, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_all_selfattention_every_block_recomputed_by_hand():
+    torch.manual_seed(0)
+    m = create_backbone("vit_pico", patch_size=4, img_size=28).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        attns = m.get_all_selfattention(x)
+        assert len(attns) == len(m.blocks) == 4
+        assert torch.equal(attns[-1], m.get_last_selfattention(x))
+        tokens = m.prepare_tokens(x)
+        for k, blk in enumerate(m.blocks):
+            assert attns[k].shape == (2, 3, 50, 50)
+            torch.testing.assert_close(attns[k].sum(-1), torch.ones(2, 3, 50))
+            # by hand from block k's input: LayerNorm, fused qkv linear, per-head softmax(q k^T / sqrt(32))
+            y = F.layer_norm(tokens, (96,), blk.norm1.weight, blk.norm1.bias, eps=1e-6)
+            q, kk, _ = (y @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).reshape(2, 50, 3, 3, 32).permute(2, 0, 3, 1, 4)
+            torch.testing.assert_close(attns[k], (q @ kk.transpose(-2, -1) / math.sqrt(32)).softmax(-1))
+            tokens = blk(tokens)
+        assert (attns[0] - attns[1]).abs().max() > 1e-3  # distinct blocks, not one map repeated
+
+
 def test_weightnorm_linear_equals_legacy_weight_norm():
     torch.manual_seed(0)
     ours = WeightNormLinear(5, 7)

@@ -411,6 +411,22 @@ def test_get_last_selfattention(pico):
     torch.testing.assert_close(a.sum(-1), torch.ones(1, 2, 17))
 
 
+def test_get_all_selfattention(pico):
+    x = torch.randn(2, 3, 64, 64)  # stage grids 16, 8, 4, 2 with 1, 1, 1, 0 global tokens
+    with torch.no_grad():
+        attns = pico.get_all_selfattention(x)
+        last = pico.get_last_selfattention(x)
+    assert len(attns) == sum(pico.depths) == 4
+    assert [tuple(a.shape) for a in attns] == [(2, 1, 257, 257), (2, 2, 65, 65), (2, 2, 17, 17), (2, 4, 4, 4)]
+    assert torch.equal(attns[-1], last)
+    for a in attns:
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    # stage 1 is sliding-chunk (7x7 chunks + 8 neighbours): a top-left local query sees no far tokens
+    assert attns[0][:, :, 1, 1 + 15 * 16 + 15].eq(0).all() and (attns[0][:, :, 1, 0] > 0).all()
+    with torch.no_grad():  # the forward is unchanged by collecting the maps
+        torch.testing.assert_close(pico._forward_tokens(x, attns=[])[0], pico._forward_tokens(x)[0], rtol=0, atol=0)
+
+
 def test_mode_switch_and_reset(monkeypatch):
     torch.manual_seed(0)
     m = vil_pico(mode=1, drop_path_rate=0.0).train()

@@ -319,7 +319,8 @@ class CvT(nn.Module):
     ``forward_dense(x)`` -> (pooled (B, C), final-normalised last-stage tokens (B, h*w, C)).
     ``forward_return_n_last_blocks(x, n, return_patch_avgpool, depths)`` -> (B, sum of C over the last
     n blocks), each block output average-pooled, last-stage ones normalised first.
-    ``get_last_selfattention(x)`` -> last block's window attention (B*nW, heads, w*w, w*w).
+    ``get_last_selfattention(x)`` -> last block's window attention (B*nW, heads, w*w, w*w);
+    ``get_all_selfattention(x)`` -> every block's, in order.
     Any input size the original accepts (e.g. 224 -> 7x7 = 49 tokens, 96 -> 3x3 = 9 tokens); with
     ``rel_pos_embed`` every stage map must be at least ``window_size``, with ``shift`` a multiple of it
     (the original fails there too; here a ``ValueError`` says so).
@@ -442,6 +443,21 @@ class CvT(nn.Module):
             x = blk(x, mask)
         attn = transformer.layers[-1][0]
         return attn.fn.attention_probs(norm_channels(attn.norm, x), mask)
+
+    @torch.no_grad()
+    def get_all_selfattention(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Post-softmax attention of every block, in order: each (B*nW, heads, w*w, w*w), windows
+        ordered (b, row, col) (224 px: stage maps 56/28/14/7 -> 64/16/4/1 windows per image)."""
+        x, out = self._prepare(x), []
+        for stage in self.stages:
+            x = stage[0](x)
+            transformer = stage[1]
+            mask = transformer.attn_mask(x)
+            for blk in transformer.layers:
+                attn = blk[0]
+                out.append(attn.fn.attention_probs(norm_channels(attn.norm, x), mask))
+                x = blk(x, mask)
+        return out
 
     def no_weight_decay(self) -> set:
         return set()  # the original defines none (EsViT decays all >1-D params incl. rel_pos_bias_table)

@@ -26,8 +26,9 @@ Deliberate differences (only where the original fails or has nothing): resampled
 the size of the actual map (the original's ``scale_factor`` interpolation can round one short and
 crash, e.g. the stage-3 bias at 64 or 128 px, and assumes square maps); an empty ``depths`` in
 ``forward_return_n_last_blocks`` means the model's own (the original raises ``NameError``);
-``get_last_selfattention`` (absent in the original) returns dense (B, heads, N, N) maps. Not
-implemented (raise): ``r1`` (add_pooled), SE/ECA layers, Linformer/Performer/SR attention types.
+``get_last_selfattention`` / ``get_all_selfattention`` (absent in the original) return dense
+(B, heads, N, N) maps. Not implemented (raise): ``r1`` (add_pooled), SE/ECA layers,
+Linformer/Performer/SR attention types.
 """
 from __future__ import annotations
 
@@ -542,7 +543,8 @@ class MsViT(nn.Module):
     stage has global tokens and not ``avg_pool``, else the mean of all its normed tokens.
     ``forward_dense(x)`` -> (view feature, region tokens (B, L, C)) (EsViT's dense output).
     ``forward_features(x)`` -> all final-normed last-stage tokens (B, G + L, C).
-    ``forward_return_n_last_blocks(x, n, ..., depths)`` / ``get_last_selfattention(x)`` as EsViT.
+    ``forward_return_n_last_blocks(x, n, ..., depths)`` / ``get_last_selfattention(x)`` as EsViT;
+    ``get_all_selfattention(x)`` -> every attention block's dense probabilities, in order.
 
     ``img_size`` is the nominal size that fixes the absolute pos-embed and full-attention bias tables
     (EsViT: ``TRAIN.IMAGE_SIZE[0]``); other sizes are handled by resampling them.
@@ -623,12 +625,14 @@ class MsViT(nn.Module):
         return [getattr(self, f"layer{i}") for i in range(1, self.num_layers + 1)]
 
     # --- forward ----------------------------------------------------------------------------
-    def _forward_tokens(self, x: torch.Tensor, collect: bool = False, last_attn: bool = False):
+    def _forward_tokens(self, x: torch.Tensor, collect: bool = False, last_attn: bool = False,
+                        attns: Optional[list] = None):
         """Run the stages on images (B, 3, H, W).
 
         Returns the last stage's tokens before the final norm (B, G + L, C) and, with ``collect``, the
         per-block tokens of every stage (list of lists, taken after each MLP block). With
         ``last_attn`` stops at the last attention block and returns its probabilities instead.
+        ``attns`` (a list) receives every attention block's dense probabilities (B, heads, N, N).
         """
         if x.ndim != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
@@ -644,6 +648,8 @@ class MsViT(nn.Module):
             for j, blk in enumerate(blocks):
                 if last_attn and i == len(stages) - 1 and j == len(blocks) - 2:
                     return blk.attn(blk.norm(x), nx, ny, return_attn=True)[1], feats
+                if attns is not None and isinstance(blk, AttnBlock):
+                    attns.append(blk.attn(blk.norm(x), nx, ny, return_attn=True)[1])
                 x = blk(x, nx, ny)
                 if collect and isinstance(blk, MlpBlock):
                     stage_feats.append(x)
@@ -703,6 +709,15 @@ class MsViT(nn.Module):
         last stage (vil_2262: (B, 24, 49, 49) at 224 px). A sliding-chunk block's probabilities are
         scattered into the dense matrix (zeros outside each query's window)."""
         return self._forward_tokens(x, last_attn=True)[0]
+
+    def get_all_selfattention(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Post-softmax probabilities of every attention block, in order: each (B, heads, N, N) with
+        N = G + L of its stage (dense, as ``get_last_selfattention``). The probabilities are computed
+        beside the block's own forward, so with ``mode > 0`` in training mode the neighbour drawn for
+        a map can differ from the one the forward used; call it in eval mode."""
+        attns: list[torch.Tensor] = []
+        self._forward_tokens(x, attns=attns)
+        return attns
 
     def reset_vil_mode(self, mode: int):
         """Set the neighbour mode of every sliding-chunk attention (EsViT ``reset_vil_mode``)."""

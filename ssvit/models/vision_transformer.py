@@ -87,7 +87,8 @@ class VisionTransformer(_TimmViT):
     ``forward(x)`` -> CLS token after the final norm (B, D) (like DINO's ``forward``); all tokens
     (B, 1+N, D) when built / called with ``return_all_tokens`` (iBOT).
     ``forward_features(x, mask=None)`` -> all normed tokens (B, 1+N, D).
-    ``get_last_selfattention(x)`` -> (B, heads, 1+N, 1+N); ``get_intermediate_layers(x, n)``.
+    ``get_last_selfattention(x)`` -> (B, heads, 1+N, 1+N); ``get_all_selfattention(x)`` -> one such
+    map per block; ``get_intermediate_layers(x, n)``.
     ``mask`` (B, h, w) bool replaces masked patch embeddings by ``masked_embed`` before the position
     embedding is added (iBOT); only when built with ``masked_im_modeling=True``.
     """
@@ -167,6 +168,15 @@ class VisionTransformer(_TimmViT):
             x = blk(x)
         last = self.blocks[-1]
         return attention_probs(last.attn, last.norm1(x))
+
+    def get_all_selfattention(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Post-softmax attention of every block, in order: each (B, heads, 1+N, 1+N)."""
+        x = self.prepare_tokens(x)
+        out = []
+        for blk in self.blocks:
+            out.append(attention_probs(blk.attn, blk.norm1(x)))
+            x = blk(x)
+        return out
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Final-normed tokens (B, 1+N, D) of the last ``n`` blocks, oldest first."""
