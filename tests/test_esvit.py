@@ -264,3 +264,19 @@ def test_esvit_main_pretrain_accepts_the_config_files(arch, name):
     s_dpr = [b.drop_prob for b in student.modules() if type(b).__name__ == "DropPath"]
     assert max(s_dpr) == pytest.approx(0.1)  # the config's drop path; the teacher has none
     assert not any(type(b).__name__ == "DropPath" and b.drop_prob > 0 for b in teacher.modules())
+
+
+def test_fashion_mnist_esvit_config_builds_the_two_stage_swin_it_documents():
+    """configs/fashion_mnist_esvit_swin.yaml (the measured F-MNIST run): 2-stage Swin, patch 4, C 96 -> 192,
+    16 region tokens per 28-px global crop and 4 per 12-px local crop, dense heads, no loader workers."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    m, args = build_method(["--config", os.path.join(root, "configs", "fashion_mnist_esvit_swin.yaml"),
+                            "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16"])
+    assert args.cfg.endswith("swin_fmnist_p4.yaml") and args.num_workers == 0 and args.use_dense_prediction
+    s = m.student.backbone
+    assert s.patch_embed.proj.kernel_size == (4, 4) and len(s.layers) == 2 and s.num_features == 192
+    with torch.no_grad():
+        pooled, tokens = s.eval().forward_dense(torch.randn(2, 3, 28, 28))
+        _, local_tokens = s.forward_dense(torch.randn(2, 3, 12, 12))
+    assert pooled.shape == (2, 192) and tokens.shape == (2, 16, 192) and local_tokens.shape == (2, 4, 192)
+    torch.testing.assert_close(pooled, tokens.mean(dim=1))
