@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.config import bool_flag  # noqa: E402
 from ssvit.data import DataError, build_dataset  # noqa: E402
-from ssvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from ssvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_transform  # noqa: E402
 from ssvit.engine.checkpoint import CheckpointError  # noqa: E402
 from ssvit.evaluation.attention_entropy import EntropyMeter  # noqa: E402
 from ssvit.evaluation.correspondence import draw_correspondence, flip_correspondence  # noqa: E402
@@ -148,7 +148,7 @@ def measure_correspondence(model, args) -> dict:
     ds, name, tf, crop, n = val_images(args)
     flip_jitter_grey = T.Compose([T.RandomHorizontalFlip(p=1.0), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)],
                                   p=0.8), T.RandomGrayscale(p=1.0)])
-    norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    norm = normalize_transform()
     sums = {"accuracy": 0.0, "distance_error": 0.0, "sim_value": 0.0}
     for i in range(n):
         img = tf(ds[i][0].convert("RGB"))
@@ -175,7 +175,7 @@ def vis_entropy(model, args) -> list[list[float]]:
     if not hasattr(model, "get_all_selfattention"):
         raise ValueError(f"--arch {args.arch} exposes no attention maps (get_all_selfattention)")
     ds, name, tf, _, n = val_images(args)
-    norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    norm = normalize_transform()
     meter = EntropyMeter()
     for i in range(n):
         img = norm(tf(ds[i][0].convert("RGB")))
