@@ -28,7 +28,7 @@ from ssvit.cli import exit_status
 from ssvit.config import bool_flag
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.engine.checkpoint import CheckpointError, save_atomic
-from ssvit.engine.distributed import barrier, init_distributed
+from ssvit.engine.distributed import DeviceError, barrier, init_distributed
 from ssvit.evaluation.knn import build_eval_backbone, build_knn_datasets, extract_features, knn_classifier
 
 FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")
@@ -153,11 +153,13 @@ def load_features(directory: str):
 
 def run(args) -> dict:
     """Evaluate; returns ``{k: (top1, top5)}`` on rank 0 (``{}`` on other ranks)."""
-    want_cuda = bool(args.use_cuda) and torch.cuda.is_available()
-    if args.use_cuda and not want_cuda:
-        print("--use_cuda: no GPU available, running on the CPU")
-    info = init_distributed("cuda" if want_cuda else "cpu", args.dist_url)
+    # as the original: --use_cuda only says where the feature bank and the k-NN live (false: CPU,
+    # its advice against out-of-memory); the backbone extracts on the GPU whenever there is one
+    info = init_distributed("auto", args.dist_url)
     device = info.device
+    want_cuda = bool(args.use_cuda) and device.type == "cuda"
+    if args.use_cuda and not want_cuda:
+        print("--use_cuda: no GPU available, the k-NN runs on the CPU")
     if args.load_features:
         train_features, test_features, train_labels, test_labels = load_features(args.load_features)
     else:
@@ -193,7 +195,7 @@ def main(argv: Optional[list] = None) -> dict:
 
 def cli(argv: Optional[list] = None) -> int:
     """Command-line entry: data/weights errors -> message on stderr, exit status 2, no traceback."""
-    return exit_status(lambda: main(argv), (CheckpointError, DataError, UsageError), "eval_knn.py")
+    return exit_status(lambda: main(argv), (CheckpointError, DataError, UsageError, DeviceError), "eval_knn.py")
 
 
 if __name__ == "__main__":

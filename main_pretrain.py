@@ -7,13 +7,13 @@ GPU, Gloo on CPU). Re-running the same command resumes from ``output_dir/checkpo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ssvit.cli import exit_status
-from ssvit.config import build_pretrain_parser, parse_with_config, save_config
+from ssvit.config import build_pretrain_parser, parse_with_config, read_yaml_config
 from ssvit.data import DataError
 from ssvit.engine.checkpoint import CheckpointError
+from ssvit.engine.distributed import DeviceError
 from ssvit.methods import get_method
 
 
@@ -25,9 +25,7 @@ def get_args_parser(argv=None) -> argparse.ArgumentParser:
     known, _ = pre.parse_known_args(argv)
     method = known.method
     if known.config and method == "dino" and "--method" not in (argv or []):
-        import yaml
-        with open(known.config) as f:
-            method = (yaml.safe_load(f) or {}).get("method", method)
+        method = read_yaml_config(known.config, parser).get("method", method)
     try:
         get_method(method).add_args(parser)
     except ValueError as e:
@@ -39,15 +37,15 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = get_args_parser(argv)
     args = parse_with_config(parser, argv)
-    from ssvit.engine.pretrain import Trainer
+    from ssvit.engine.pretrain import Trainer, TrainingDiverged
 
     def train():
-        trainer = Trainer(args)
-        if trainer.dist.is_main:
-            save_config(args, os.path.join(args.output_dir, "config.yaml"))
-            print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
-        trainer.fit()
-    return exit_status(train, (DataError, CheckpointError, ValueError))
+        Trainer(args).fit()
+    try:
+        return exit_status(train, (DataError, CheckpointError, DeviceError, ValueError, OSError))
+    except TrainingDiverged as e:  # not bad input: exit 1, as the originals on a non-finite loss
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

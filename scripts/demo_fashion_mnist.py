@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from main_pretrain import get_args_parser  # noqa: E402
-from ssvit.config import parse_with_config, save_config  # noqa: E402
+from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.evaluation import build_knn_datasets, knn_classifier  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
@@ -67,9 +67,11 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     trainer = Trainer(args)
-    save_config(args, os.path.join(args.output_dir, "config.yaml"))
     trainer.fit()
     pretrain_s = time.time() - t0
+    if trainer.interrupted:  # SIGTERM & co: the checkpoint is written; evaluating half a model would mislead
+        print("Pretraining was stopped before its end: no evaluation. Run the same command again to resume.")
+        return {"interrupted": True, "checkpoint": trainer.checkpoint_path()}
 
     t1 = time.time()
     eval_args = argparse.Namespace(dataset=args.dataset, data_path=args.data_path, download=args.download,

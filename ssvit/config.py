@@ -73,8 +73,15 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--download", default=False, type=bool_flag, help="let torchvision download the dataset")
     p.add_argument("--synthetic_size", default=256, type=int, help="images in --dataset synthetic")
     p.add_argument("--device", default="auto", type=str, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp_dtype", default="auto", type=str, choices=["auto", "bf16", "fp16"],
-                   help="mixed-precision dtype on GPU: auto = bf16 where supported, else fp16 + GradScaler")
+    p.add_argument("--amp_dtype", default="fp16", type=str, choices=["auto", "bf16", "fp16"],
+                   help="mixed-precision dtype on GPU with --use_fp16: fp16 + GradScaler (the originals'), bf16, "
+                        "or auto = bf16 where the GPU has it natively (not emulated), else fp16")
+    p.add_argument("--tf32", default=True, type=bool_flag,
+                   help="let fp32 matmuls/convolutions on GPU use TF32 tensor cores (the fp32 islands, "
+                        "--use_fp16 false); false = full fp32")
+    p.add_argument("--max_bad_steps", default=3, type=int,
+                   help="a non-finite loss or gradient skips the update; stop after this many in a row "
+                        "(the last good checkpoint is kept)")
     p.add_argument("--save_every_iters", default=0, type=int,
                    help="also write checkpoint.pth every N iterations (exact mid-epoch resume); 0 = off")
     p.add_argument("--save_every_minutes", default=10.0, type=float,
@@ -104,6 +111,27 @@ def _known_dests(parser: argparse.ArgumentParser) -> set[str]:
     return {a.dest for a in parser._actions}
 
 
+def read_yaml_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The mapping in a ``--config`` file; a missing file, invalid YAML or a non-mapping is a
+    one-line ``parser.error`` (exit 2)."""
+    if not os.path.isfile(path):
+        parser.error(f"--config file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        parser.error(f"--config file '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or e}")
+    except (OSError, UnicodeDecodeError) as e:
+        parser.error(f"cannot read --config file '{path}': {e}")
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        parser.error(f"--config file '{path}' must hold a mapping of flag: value, got a {type(cfg).__name__}")
+    return cfg
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse ``argv`` with defaults taken from ``--config`` (if given). Unknown YAML keys are an error."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -111,12 +139,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        if not os.path.isfile(known.config):
-            parser.error(f"--config file '{known.config}' does not exist")
-        with open(known.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        if not isinstance(cfg, dict):
-            parser.error(f"--config file '{known.config}' must hold a mapping of flag: value")
+        cfg = read_yaml_config(known.config, parser)
         unknown = sorted(set(cfg) - _known_dests(parser))
         if unknown:
             parser.error(f"unknown keys in '{known.config}': {', '.join(unknown)}")

@@ -1,19 +1,53 @@
-"""Run by tests/test_train.py under torchrun: train, then dump this rank's weights."""
+"""Run by the tests under torchrun: train, then dump this rank's weights.
+
+Every tensor handed to ``torch.distributed`` collectives is checked to live on the backend's
+device (``collective_device()``); the worker writes its pid to ``output_dir/pid<rank>`` so a test
+can signal one rank."""
 import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
+from ssvit.utils.distributed import collective_device  # noqa: E402
+
+CHECKED = {"n": 0}
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+
+
+def guard(fn):
+    def wrapped(*args, **kwargs):
+        for t in _tensors(list(args) + list(kwargs.values())):
+            if t.device != collective_device():
+                raise RuntimeError(f"collective {fn.__name__} got a tensor on {t.device}, backend device "
+                                   f"{collective_device()}")
+            CHECKED["n"] += 1
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_gather_into_tensor"):
+    setattr(dist, name, guard(getattr(dist, name)))
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     args = parse_with_config(get_args_parser(argv), argv)
     trainer = Trainer(args)
+    with open(os.path.join(args.output_dir, f"pid{trainer.dist.rank}"), "w") as f:
+        f.write(str(os.getpid()))
     trainer.fit()
     state = {"student": trainer.method.student.state_dict(), "teacher": trainer.method.teacher.state_dict(),
-             "center": trainer.method.criterion.center, "world_size": trainer.dist.world_size}
+             "center": trainer.method.criterion.center, "world_size": trainer.dist.world_size,
+             "collective_tensors_checked": CHECKED["n"], "interrupted": trainer.interrupted}
     torch.save(state, os.path.join(args.output_dir, f"rank{trainer.dist.rank}.pth"))

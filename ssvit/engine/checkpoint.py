@@ -67,7 +67,20 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot load checkpoint '{path}': {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot load checkpoint '{path}': {_load_failure(e)}") from e
+
+
+def _load_failure(e: Exception) -> str:
+    """One line for why ``torch.load`` failed (torch's own message runs over several lines and
+    advises ``weights_only=False``, which would execute arbitrary pickled code)."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = detail[0].strip() if detail else ""
+        return ("not a PyTorch checkpoint, or one that pickles objects other than tensors, containers and "
+                f"argparse/NumPy scalars ({detail[:200]})")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def strip_prefixes(state_dict: dict, prefixes: Iterable[str] = ("module.", "backbone.")) -> dict:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import builtins
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..utils.distributed import (all_reduce_flags, barrier, collective_device, get_rank,  # noqa: F401
+                                 get_world_size, is_dist, is_main_process)
 
 
 @dataclass
@@ -27,14 +31,43 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (one-line message; entry points exit with status 2)."""
+
+
+def probe_cuda(index: int) -> None:
+    """Allocate and compute a tiny tensor on ``cuda:index``: raises when the GPU is not usable
+    (memory held by another job, exclusive-process mode, a broken driver) -- the errors that would
+    otherwise surface as a raw CUDA traceback at the first ``.to()``."""
+    x = torch.ones(8, device=torch.device("cuda", index))
+    (x + x).sum().item()
+
+
+def resolve_device(choice: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """``--device auto | cpu | cuda`` -> the device of this process.
+
+    ``auto`` in a single process probes the GPU and falls back to the CPU with a warning when it
+    is not usable; under a launcher (``distributed``) or with ``cuda`` an unusable GPU is an error,
+    and so is ``LOCAL_RANK >= device_count`` (two ranks would otherwise share one GPU)."""
     if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but no CUDA device is available")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise DeviceError(f"LOCAL_RANK {local_rank} needs GPU {local_rank} but only {count} GPU(s) are visible: "
+                          f"start at most {count} processes per node")
+    try:
+        probe_cuda(local_rank)
+    except Exception as e:  # torch.OutOfMemoryError, torch.AcceleratorError, RuntimeError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if choice == "auto" and not distributed:
+            warnings.warn(f"GPU {local_rank} is not usable ({reason}): running on the CPU")
+            return torch.device("cpu")
+        raise DeviceError(f"GPU {local_rank} is not usable: {reason}") from e
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device: str = "auto", dist_url: str = "env://") -> DistInfo:
@@ -48,7 +81,7 @@ def init_distributed(device: str = "auto", dist_url: str = "env://") -> DistInfo
         local_rank = int(os.environ.get("SLURM_LOCALID", 0))
     else:
         return DistInfo(device=resolve_device(device))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, distributed=True)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
@@ -70,24 +103,3 @@ def setup_for_distributed(is_master: bool) -> None:
             builtin_print(*args, **kwargs)
 
     builtins.print = print
-
-
-def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()

@@ -9,7 +9,7 @@ from collections import defaultdict, deque
 import torch
 import torch.distributed as dist
 
-from .distributed import is_dist
+from .distributed import collective_device, is_dist
 
 
 class SmoothedValue:
@@ -27,9 +27,10 @@ class SmoothedValue:
     def synchronize_between_processes(self) -> None:
         if not is_dist():
             return
-        t = torch.tensor([self.count, self.total], dtype=torch.float64)
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=collective_device())
         dist.all_reduce(t)
-        self.count, self.total = int(t[0].item()), t[1].item()
+        count, total = t.tolist()
+        self.count, self.total = int(count), total
 
     @property
     def median(self) -> float:
@@ -59,8 +60,17 @@ class MetricLogger:
             self.meters[k].update(float(v))
 
     def synchronize_between_processes(self) -> None:
-        for m in self.meters.values():
-            m.synchronize_between_processes()
+        """Sum every meter's count and total over the ranks in one all-reduce (same meters, same
+        order on every rank: they are updated with the same keys)."""
+        if not is_dist() or not self.meters:
+            return
+        meters = list(self.meters.values())
+        t = torch.tensor([v for m in meters for v in (m.count, m.total)], dtype=torch.float64,
+                         device=collective_device())
+        dist.all_reduce(t)
+        vals = t.tolist()
+        for j, m in enumerate(meters):
+            m.count, m.total = int(vals[2 * j]), vals[2 * j + 1]
 
     def global_avgs(self) -> dict[str, float]:
         return {k: m.global_avg for k, m in self.meters.items()}

@@ -55,9 +55,11 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-g["lr"])
 
 
-def build_optimizer(name: str, param_groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(name: str, param_groups: list[dict], fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: AdamW's fused CUDA kernel (one launch for all parameters); ignored for SGD / LARS."""
     if name == "adamw":
-        return torch.optim.AdamW(param_groups)  # lr and wd are set by the schedules every step
+        # lr and wd are set by the schedules every step
+        return torch.optim.AdamW(param_groups, fused=True) if fused else torch.optim.AdamW(param_groups)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=0, momentum=0.9)
     if name == "lars":

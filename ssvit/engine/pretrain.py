@@ -4,9 +4,10 @@ Per iteration (facebookresearch/dino ``train_one_epoch`` order, see training spe
 from the schedules, forward + loss under autocast, stop on a non-finite loss, backward, per-
 parameter clipping, last-layer gradient cancelling, optimizer step, EMA teacher update.
 
-Beyond the originals: CPU and single-GPU runs without a launcher, bf16, atomic checkpoints in
-DINO's layout, exact mid-epoch resume (sampler position + RNG states + per-sample seeded
-augmentation), SIGTERM/SIGUSR1 handling for preemption, TensorBoard.
+Beyond the originals: CPU and single-GPU runs without a launcher, bf16 where native, atomic
+checkpoints in DINO's layout that never hold non-finite weights, exact mid-epoch resume (sampler
+position + RNG states + per-sample seeded augmentation), SIGTERM / SIGUSR1 / SIGUSR2 pre-emption
+agreed by all ranks, non-finite steps skipped (``--max_bad_steps``), collapse monitors, TensorBoard.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import json
 import math
 import os
 import random
-import signal
+import glob
+import re
 import sys
 import time
 import warnings
@@ -30,11 +32,19 @@ from torch.utils.data import DataLoader
 from ..data import DATASET_INFO, ResumableDistributedSampler, TransformedDataset, build_dataset
 from ..methods import SSLMethod, get_method
 from ..objectives import cosine_scheduler
+from ..utils.distributed import all_reduce_flags
+from ..utils.precision import select_amp_dtype
 from .checkpoint import (CheckpointError, add_prefix, load_checkpoint, load_state_checked, save_atomic,
                          set_rng_state, strip_prefixes, torch_rng_state)
 from .distributed import DistInfo, barrier, init_distributed
 from .metrics import MetricLogger, Progress
-from .optim import build_optimizer, cancel_gradients_last_layer, clip_gradients
+from .optim import build_optimizer
+from .signals import StopRequest
+from .step import TrainStep
+
+
+class TrainingDiverged(RuntimeError):
+    """``--max_bad_steps`` consecutive non-finite steps: the run stops, the last good checkpoint kept."""
 
 
 def to_device(obj, device: torch.device):
@@ -69,6 +79,10 @@ def validate_args(args: argparse.Namespace) -> None:
     need(args.teacher_temp > 0 and args.warmup_teacher_temp > 0, "teacher temperatures must be > 0")
     need(args.patch_size >= 1, f"--patch_size must be >= 1, got {args.patch_size}")
     need(args.accum_iter >= 1, f"--accum_iter must be >= 1, got {args.accum_iter}")
+    need(args.drop_path_rate is None or 0 <= args.drop_path_rate < 1, f"--drop_path_rate must be in [0, 1), got {args.drop_path_rate}")
+    for name in ("clip_grad", "max_iters", "saveckp_freq", "save_every_iters", "save_every_minutes"):
+        need(getattr(args, name) >= 0, f"--{name} must be >= 0, got {getattr(args, name)}")
+    need(args.max_bad_steps >= 1, f"--max_bad_steps must be >= 1, got {args.max_bad_steps}")
     for name in ("global_crops_scale", "local_crops_scale"):
         v = getattr(args, name)
         need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
@@ -77,6 +91,8 @@ def validate_args(args: argparse.Namespace) -> None:
     for name in () if is_multistage(args.arch) else ("global_crops_size", "local_crops_size"):
         for v in (getattr(args, name) if isinstance(getattr(args, name), (list, tuple)) else [getattr(args, name)]):
             need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
+            need(v % args.patch_size == 0, f"--{name} ({v}) must be a multiple of --patch_size ({args.patch_size}): "
+                 "the patch embedding would drop the remaining pixels")
     need(args.warmup_epochs >= 0 and args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")
     if args.warmup_epochs > args.epochs:
         warnings.warn(f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}: clamped to {args.epochs}")
@@ -87,27 +103,12 @@ def validate_args(args: argparse.Namespace) -> None:
         args.warmup_teacher_temp_epochs = args.epochs
 
 
-class StopRequest:
-    """Turns SIGTERM / SIGUSR1 (Slurm pre-emption, submitit) into 'checkpoint at the next step and exit'."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+# flags whose change between the checkpointed run and the resuming one is reported (warning +
+# a ``resume_changes`` line in log.txt); the rest (paths, workers, logging) may change freely
+_RUN_FLAGS_IGNORED = {"output_dir", "data_path", "dist_url", "local_rank", "num_workers", "print_freq", "tensorboard",
+                      "save_every_iters", "save_every_minutes", "max_iters", "device", "download", "config",
+                      "max_bad_steps", "on_bad_image", "load_from", "pretrained_weights_ckpt"}
+_TMP_RE = re.compile(r"^(checkpoint\d*\.pth|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 
 class Trainer:
@@ -116,8 +117,15 @@ class Trainer:
         self.args = args
         self.dist = dist_info or init_distributed(args.device, args.dist_url)
         self.device = self.dist.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the originals
+            if args.tf32:  # fp32 matmuls / convolutions (the fp32 islands, --use_fp16 false) on tensor cores
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
         fix_random_seeds(args.seed)
         os.makedirs(args.output_dir, exist_ok=True)
+        if self.dist.is_main:
+            self.clean_orphan_temp_files()
         method_cls = get_method(args.method)
         method_cls.check_args(args)
         self.method: SSLMethod = method_cls(args).to(self.device)
@@ -141,6 +149,9 @@ class Trainer:
             has_bn = self.method.teacher_has_batchnorm() or any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
             if has_bn and self.device.type == "cuda":
+                # QUIRK kept: convert_sync_batchnorm converts a module instance once, so iBOT's shared
+                # head norm (--norm_in_head with shared heads) is synchronised at its first occurrence
+                # only -- 1 and N GPUs differ there as in the original
                 self.method.student = student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
                 self.method.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.method.teacher)
             elif has_bn:
@@ -151,15 +162,13 @@ class Trainer:
                 student, device_ids=ids, find_unused_parameters=self.method.ddp_find_unused_parameters)
         else:
             self.student_ddp = student
-        self.optimizer = build_optimizer(args.optimizer, self.method.param_groups(self.student_ddp))
-        self.amp_dtype = None
-        self.scaler = None
-        if self.device.type == "cuda" and args.use_fp16:
-            if args.amp_dtype == "bf16" or (args.amp_dtype == "auto" and torch.cuda.is_bf16_supported()):
-                self.amp_dtype = torch.bfloat16
-            else:
-                self.amp_dtype = torch.float16
-                self.scaler = torch.amp.GradScaler("cuda")
+        self.optimizer = build_optimizer(args.optimizer, self.method.param_groups(self.student_ddp),
+                                         fused=self.device.type == "cuda")
+        self.amp_dtype = select_amp_dtype(self.device, args.use_fp16, args.amp_dtype)
+        self.step = TrainStep(self.method, self.student_ddp, self.optimizer, device=self.device,
+                              amp_dtype=self.amp_dtype, clip_grad=args.clip_grad,
+                              freeze_last_layer=args.freeze_last_layer, accum_iter=args.accum_iter)
+        self.scaler = self.step.scaler
 
         # ---------------- schedules (per iteration; teacher temperature is per epoch, in the loss)
         # linear scaling by the effective batch (SERE: batch x accum_iter x world size)
@@ -172,11 +181,55 @@ class Trainer:
         self.start_epoch, self.start_iter = 0, 0
         self.tb = None
         self.last_save = time.time()
+        self.bad_in_a_row = 0
+        self.interrupted = False
+        self.last_batch = None
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ files
     def checkpoint_path(self, name: str = "checkpoint.pth") -> str:
         return os.path.join(self.args.output_dir, name)
 
+    def clean_orphan_temp_files(self) -> None:
+        """Temp files of writes killed before their rename (``checkpoint*.pth.XXXX.tmp``)."""
+        for path in glob.glob(os.path.join(glob.escape(self.args.output_dir), "*.tmp")):
+            if _TMP_RE.match(os.path.basename(path)):
+                try:
+                    os.unlink(path)
+                    print(f"Removed an unfinished write: {path}")
+                except OSError:
+                    pass
+
+    def append_log(self, record: dict) -> None:
+        if self.dist.is_main:
+            try:
+                with open(os.path.join(self.args.output_dir, "log.txt"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise CheckpointError(f"cannot write {self.args.output_dir}/log.txt: {e}") from e
+
+    def logged_epochs(self) -> set[int]:
+        path = os.path.join(self.args.output_dir, "log.txt")
+        epochs: set[int] = set()
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:  # a line cut by a kill
+                        continue
+                    if isinstance(rec, dict) and "epoch" in rec and "resume_changes" not in rec:
+                        epochs.add(int(rec["epoch"]))
+        return epochs
+
+    def write_config(self) -> None:
+        if self.dist.is_main:
+            from ..config import save_config
+            try:
+                save_config(self.args, os.path.join(self.args.output_dir, "config.yaml"))
+            except OSError as e:
+                raise CheckpointError(f"cannot write {self.args.output_dir}/config.yaml: {e}") from e
+
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int, iter_in_epoch: int) -> dict:
         """DINO's layout (student with ``module.``, teacher, optimizer, epoch, args, <loss_key>,
         fp16_scaler) plus ``iter_in_epoch`` and ``rng`` for exact resume. ``epoch`` is the epoch
@@ -200,13 +253,71 @@ class Trainer:
         state.update(self.method.extra_checkpoint_state())
         return state
 
-    def save(self, epoch: int, iter_in_epoch: int, extra_names: tuple[str, ...] = ()) -> None:
-        if self.dist.is_main:
-            state = self.state_dict(epoch, iter_in_epoch)
+    def nonfinite_tensors(self) -> list[str]:
+        bad = []
+        for what, net in (("student", self.method.student), ("teacher", self.method.teacher)):
+            for name, t in net.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(f"{what}.{name}")
+        return bad
+
+    def save(self, epoch: int, iter_in_epoch: int, extra_names: tuple[str, ...] = (), epoch_log: Optional[dict] = None) -> bool:
+        """Write ``checkpoint.pth`` (then the numbered copies) atomically; refuse weights that are
+        not finite (the last good checkpoint stays). ``epoch_log`` (the finished epoch's log.txt
+        record) travels in the checkpoint so that a kill before the log line is written loses
+        nothing: the resume writes it. Returns whether it wrote."""
+        self.last_save = time.time()
+        if not self.dist.is_main:
+            return True
+        bad = self.nonfinite_tensors()
+        if bad:
+            print(f"Not writing a checkpoint: {len(bad)} tensors hold NaN/Inf (e.g. {', '.join(bad[:3])}); "
+                  f"the last good checkpoint {self.checkpoint_path()} is kept", file=sys.stderr)
+            return False
+        state = self.state_dict(epoch, iter_in_epoch)
+        if epoch_log is not None:
+            state["epoch_log"] = epoch_log
+            state["numbered_checkpoints"] = list(extra_names)
+        try:
             save_atomic(state, self.checkpoint_path())
             for name in extra_names:
                 save_atomic(state, self.checkpoint_path(name))
-        self.last_save = time.time()
+        except OSError as e:
+            raise CheckpointError(f"cannot write a checkpoint in {self.args.output_dir}: {e} "
+                                  "(the previous checkpoint is kept)") from e
+        return True
+
+    def complete_last_epoch(self, ckpt: dict, path: str) -> None:
+        """After a kill between ``checkpoint.pth`` and the epoch's numbered copy or log line: write
+        what the last completed epoch still owes (the numbered file is the same state)."""
+        if not self.dist.is_main or "epoch_log" not in ckpt or int(ckpt.get("iter_in_epoch", 0)) != 0:
+            return
+        for name in ckpt.get("numbered_checkpoints", []):
+            if not os.path.isfile(self.checkpoint_path(name)):
+                save_atomic(ckpt, self.checkpoint_path(name))
+                print(f"Recovered {name} (the run was stopped before writing it)")
+        record = ckpt["epoch_log"]
+        if record.get("epoch") is not None and int(record["epoch"]) not in self.logged_epochs():
+            self.append_log(record)
+            print(f"Recovered the log.txt line of epoch {record['epoch']}")
+
+    def report_changed_flags(self, saved: argparse.Namespace) -> None:
+        if not isinstance(saved, argparse.Namespace):
+            return
+        old, new = vars(saved), vars(self.args)
+        changes = {}
+        for k, v in new.items():
+            if k in _RUN_FLAGS_IGNORED or k not in old:
+                continue
+            a, b = old[k], v
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+                a, b = list(a), list(b)
+            if a != b:
+                changes[k] = {"checkpoint": a, "now": b}
+        if changes:
+            desc = ", ".join(f"--{k} {c['checkpoint']} -> {c['now']}" for k, c in changes.items())
+            warnings.warn(f"resuming with changed flags: {desc}")
+            self.append_log({"resume_changes": changes, "epoch": self.start_epoch, "iter_in_epoch": self.start_iter})
 
     def maybe_resume(self) -> None:
         load_from = getattr(self.args, "load_from", None)
@@ -221,6 +332,8 @@ class Trainer:
                 raise CheckpointError(f"--pretrained_weights_ckpt: '{init}' does not exist")
             path = init
         ckpt = load_checkpoint(path)
+        if not isinstance(ckpt, dict) or "student" not in ckpt or "teacher" not in ckpt:
+            raise CheckpointError(f"'{path}' is not a training checkpoint (no 'student' / 'teacher' entries)")
         saved_method = ckpt.get("method")  # absent in the original repos' checkpoints
         if saved_method is not None and saved_method != self.method.name:
             raise CheckpointError(f"'{path}' was written by method '{saved_method}', this run is "
@@ -241,17 +354,15 @@ class Trainer:
             self.start_iter = 0
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        if path == self.checkpoint_path():
+            self.complete_last_epoch(ckpt, path)
+        self.report_changed_flags(ckpt.get("args"))
         print(f"Resumed from {path}: epoch {self.start_epoch}, iteration {self.start_iter} of {self.niter_per_ep}")
 
     # ------------------------------------------------------------------ training
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
-
     def train_one_epoch(self, epoch: int, stop: StopRequest) -> tuple[dict, bool]:
         """Returns the epoch's averaged stats and whether it was interrupted before its end."""
-        args, method, optimizer = self.args, self.method, self.optimizer
+        args, optimizer = self.args, self.optimizer
         loader = DataLoader(self.dataset, sampler=self.sampler, batch_size=args.batch_size_per_gpu,
                             num_workers=args.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
                             generator=torch.Generator().manual_seed(args.seed + epoch),
@@ -261,10 +372,10 @@ class Trainer:
                             enabled=self.dist.is_main, start=self.start_iter)
         interrupted = False
         t_last = time.time()
-        it_start = self.start_iter
         k = args.accum_iter  # gradient accumulation (SERE's --accum_iter): one step every k iterations
+        bad_steps = 0
         optimizer.zero_grad(set_to_none=True)
-        for i, (batch, _) in enumerate(loader, start=it_start):
+        for i, (batch, _) in enumerate(loader, start=self.start_iter):
             if i >= self.niter_per_ep:
                 break
             it = self.niter_per_ep * epoch + i
@@ -274,61 +385,44 @@ class Trainer:
                     if j == 0:
                         group["weight_decay"] = self.wd_schedule[it]
             batch = to_device(batch, self.device)
-            step_now = (i + 1) % k == 0
-            sync = contextlib.nullcontext()
-            if not step_now and isinstance(self.student_ddp, nn.parallel.DistributedDataParallel):
-                sync = self.student_ddp.no_sync()  # gradients are all-reduced on the stepping iteration
-            with sync:
-                with self.autocast():
-                    loss, extra = method.training_step(self.student_ddp, batch, epoch, i)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    print(f"Loss is {loss_value} at epoch {epoch} iteration {i}, stopping training "
-                          f"(last good checkpoint kept in {self.checkpoint_path()})", force=True)
-                    sys.exit(1)
-                if k > 1:
-                    loss = loss / k
-                if self.scaler is None:
-                    loss.backward()
-                else:
-                    self.scaler.scale(loss).backward()
-            if step_now:
-                if self.scaler is None:
-                    if args.clip_grad:
-                        clip_gradients(method.student, args.clip_grad)
-                    cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
-                    optimizer.step()
-                else:
-                    if args.clip_grad:
-                        self.scaler.unscale_(optimizer)
-                        clip_gradients(method.student, args.clip_grad)
-                    cancel_gradients_last_layer(epoch, method.student, args.freeze_last_layer)
-                    self.scaler.step(optimizer)
-                    self.scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                method.update_teacher(float(self.momentum_schedule[it]))
-
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
+            self.last_batch = batch
+            r = self.step(batch, epoch, i, float(self.momentum_schedule[it]), stop.requested)
             now = time.time()
-            logger.update(**{"loss": loss_value, **extra, "lr": optimizer.param_groups[0]["lr"],
-                             "wd": optimizer.param_groups[0]["weight_decay"]})
+            if r.skipped:
+                bad_steps += 1
+                self.bad_in_a_row += 1
+                print(f"Non-finite loss or gradient ({r.loss}) at epoch {epoch} iteration {i}: update skipped "
+                      f"({self.bad_in_a_row} in a row, --max_bad_steps {args.max_bad_steps})", file=sys.stderr)
+                if self.bad_in_a_row >= args.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{self.bad_in_a_row} consecutive non-finite steps at epoch {epoch} iteration {i}: training "
+                        f"stopped; the last good checkpoint is {self.checkpoint_path()} (lower --lr, raise "
+                        "--warmup_epochs or --clip_grad, or --use_fp16 false)")
+            else:
+                if r.stepped:
+                    self.bad_in_a_row = 0
+                logger.update(**{"loss": r.loss, **r.extra, "lr": optimizer.param_groups[0]["lr"],
+                                 "wd": optimizer.param_groups[0]["weight_decay"]})
             progress.step(i, logger, now - t_last, args.batch_size_per_gpu * self.dist.world_size)
             t_last = now
-            if self.tb is not None and it % args.print_freq == 0:
-                self.tb.add_scalar("iter/loss", loss_value, it)
+            if self.tb is not None and it % args.print_freq == 0 and not r.skipped:
+                self.tb.add_scalar("iter/loss", r.loss, it)
                 self.tb.add_scalar("iter/lr", optimizer.param_groups[0]["lr"], it)
             self.iters_this_run += 1
 
             done = i + 1
-            if done < self.niter_per_ep and step_now:  # checkpoints only between optimizer steps
-                halt = stop.requested or self.budget_spent()
-                periodic = (args.save_every_iters and done % args.save_every_iters == 0) or \
-                    (args.save_every_minutes and now - self.last_save >= 60 * args.save_every_minutes)
+            step_boundary = done % k == 0
+            if done < self.niter_per_ep and step_boundary:  # checkpoints only between optimizer steps
+                halt = r.stop or self.budget_spent()  # r.stop: agreed by every rank this iteration
+                # no periodic save inside a streak of skipped steps: the last good checkpoint stays
+                periodic = self.bad_in_a_row == 0 and (
+                    (args.save_every_iters and done % args.save_every_iters == 0)
+                    or (args.save_every_minutes and now - self.last_save >= 60 * args.save_every_minutes))
                 if halt or periodic:
                     self.save(epoch, done)
                 if halt:
                     interrupted = True
+                    self.interrupted = self.interrupted or r.stop
                     break
         progress.close()
         self.start_iter = 0
@@ -337,12 +431,20 @@ class Trainer:
         stats.pop("img/s", None)
         stats["img/s"] = progress.iter_time.count and (
             args.batch_size_per_gpu * self.dist.world_size / max(progress.iter_time.global_avg, 1e-9))
+        if bad_steps:
+            stats["bad_steps"] = bad_steps
         print("Averaged stats:", "  ".join(f"{k}: {v:.6g}" for k, v in stats.items()))
         return stats, interrupted
 
     def fit(self) -> dict:
+        """Resume if ``output_dir`` holds a checkpoint, write ``config.yaml``, train to ``--epochs``
+        (or until a stop signal / ``--max_iters``). ``self.interrupted``: a stop signal (on any rank)
+        ended the run before its last epoch -- the checkpoint is written, the job is not done."""
         args = self.args
         self.maybe_resume()
+        self.write_config()  # only after the resume check accepted this output dir
+        if self.dist.is_main:
+            print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
         if self.dist.is_main and args.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -363,29 +465,34 @@ class Trainer:
                 if interrupted:  # checkpoint of the partial epoch already written
                     print(f"Stopped in epoch {epoch}; run the same command again to resume.")
                     break
+                stats.update(self.method.collapse_stats(self.last_batch))
+                for msg in self.method.collapse_warnings(stats):
+                    warnings.warn(f"epoch {epoch}: {msg}")
                 extra = ()
                 if args.saveckp_freq and epoch % args.saveckp_freq == 0 and \
                         (epoch > 0 or not self.method.numbered_checkpoint_skips_epoch0):
                     extra = (f"checkpoint{epoch:04}.pth",)
-                self.save(epoch + 1, 0, extra)
                 bad = self.dataset.bad_images
                 log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch}
                 if bad:
                     log_stats["bad_images_skipped"] = bad
-                if self.dist.is_main:
-                    with open(os.path.join(args.output_dir, "log.txt"), "a") as f:
-                        f.write(json.dumps(log_stats) + "\n")
-                    if self.tb is not None:
-                        for k, v in stats.items():
-                            self.tb.add_scalar(f"epoch/{k}", v, epoch)
-                        self.tb.flush()
-                if stop.requested or self.budget_spent():
+                self.save(epoch + 1, 0, extra, epoch_log=log_stats)
+                self.append_log(log_stats)
+                if self.tb is not None:
+                    for k, v in stats.items():
+                        self.tb.add_scalar(f"epoch/{k}", v, epoch)
+                    self.tb.flush()
+                if all_reduce_flags(stop.requested)[0]:
+                    self.interrupted = epoch + 1 < args.epochs
+                    break
+                if self.budget_spent():
                     break
         if self.tb is not None:
             self.tb.close()
         barrier()
         total = time.time() - start_time
         print(f"Training time {int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}")
+        stop.forward()  # e.g. submitit's requeue, now that the checkpoint is written
         return stats
 
     def budget_spent(self) -> bool:

@@ -21,6 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.distributed import collective_device
+
 KNN_CHUNK_SIZE = 256
 
 
@@ -188,8 +190,7 @@ def extract_features(model: nn.Module, loader, device: torch.device | str = "cpu
         index = torch.as_tensor(index, dtype=torch.long)
         tgt = torch.as_tensor(targets, dtype=torch.long) if targets is not None else torch.zeros_like(index)
         if distributed:
-            # Gloo gathers CPU tensors, NCCL needs them on the GPU.
-            comm = feats.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            comm = collective_device()  # Gloo gathers CPU tensors, NCCL needs them on the GPU
             feats = _gather_rows(feats.to(comm))
             index = _gather_rows(index.to(comm))
             tgt = _gather_rows(tgt.to(comm))

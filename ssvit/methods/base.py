@@ -94,3 +94,41 @@ class SSLMethod(nn.Module):
 
     def extra_checkpoint_state(self) -> dict[str, Any]:
         return {}
+
+    # ----- collapse monitors (EMA-teacher methods) ---------------------------------------------
+    def observe_teacher(self, cls_logits: torch.Tensor, epoch: int) -> None:
+        """Called by ``training_step`` with the teacher's view-level logits (N, K), before the loss
+        moves the center; accumulates the epoch's collapse figures."""
+        if not hasattr(self, "_monitor"):
+            from .collapse import CollapseMonitor
+            self._monitor = CollapseMonitor()
+        self._monitor.observe(cls_logits, self.criterion.center, float(self.criterion.teacher_temp_schedule[epoch]))
+
+    @torch.no_grad()
+    def teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) teacher backbone embedding (the CLS token for ViTs, pooled features otherwise)."""
+        out = self.teacher.backbone(images)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out[:, 0] if out.ndim == 3 else out
+
+    def collapse_stats(self, last_batch: Any = None) -> dict[str, float]:
+        """The epoch's collapse figures (``teacher_entropy``, ``teacher_kl_uniform``, ``embed_std``);
+        empty for a method that never called ``observe_teacher``."""
+        if not hasattr(self, "_monitor"):
+            return {}
+        from .collapse import embedding_std, first_global_crop
+        stats = self._monitor.distribution_stats()
+        images = first_global_crop(last_batch)
+        if images is not None and images.shape[0] > 1:
+            was_training = self.teacher.training
+            self.teacher.eval()
+            feats = self.teacher_embedding(images)
+            self.teacher.train(was_training)
+            stats["embed_std"] = embedding_std(feats)
+            stats["embed_dim"] = feats.shape[-1]
+        return stats
+
+    def collapse_warnings(self, stats: dict) -> list[str]:
+        from .collapse import collapse_warnings
+        return collapse_warnings(stats)

@@ -62,5 +62,6 @@ class DINO(SSLMethod):
     def training_step(self, student, images, epoch, it=0):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_output = student(images)
+        self.observe_teacher(teacher_output, epoch)
         loss = self.criterion(student_output, teacher_output, epoch)
         return loss, {}

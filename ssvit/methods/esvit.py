@@ -227,5 +227,6 @@ class EsViT(SSLMethod):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_input, targets = self.mix_student_views(list(images))
         student_output = student(student_input)
+        self.observe_teacher(teacher_output[0] if isinstance(teacher_output, (tuple, list)) else teacher_output, epoch)
         loss = self.criterion(student_output, teacher_output, epoch, targets)
         return loss, {}

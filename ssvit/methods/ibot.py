@@ -147,6 +147,7 @@ class iBOT(SSLMethod):
         student_output = student(crops[:G], masks=masks[:G])
         # local crops: no masking (the original switches masked_im_modeling off for this call)
         student_local_cls = student(crops[G:])[0] if len(crops) > G else None
+        self.observe_teacher(teacher_output[0], epoch)
         all_loss = self.criterion(student_output, teacher_output, student_local_cls, masks, epoch, it=it)
         loss = all_loss.pop("loss")
         extra = {k: v.item() for k, v in all_loss.items()}

@@ -129,6 +129,7 @@ class iBOTSERE(SERETerms, iBOT):
         if L > 0:
             s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
             s_local_cls = s_local[0]
+        self.observe_teacher(t_out[0], epoch)
         all_loss = self.criterion(s_out, t_out, s_local_cls, masks, epoch, it=it)
         loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
                                                         (t_ch, t_px, t_px_global), L, batch)
@@ -159,6 +160,7 @@ class DINOSERE(SERETerms, DINO):
         if L > 0:
             s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
             s_out = torch.cat([s_out, s_local])
+        self.observe_teacher(t_out, epoch)
         dino = self.criterion(s_out, t_out, epoch)
         loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
                                                         (t_ch, t_px, t_px_global), L, batch)

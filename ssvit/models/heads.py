@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from ..utils.precision import fp32_island
+
 
 class WeightNormLinear(nn.Module):
     """Bias-free ``Linear`` with weight normalisation along dim 0 (one norm per output row).
@@ -34,6 +36,7 @@ class WeightNormLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
+    @fp32_island  # the prototype layer stays fp32 under bf16 autocast
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .dino_loss import DINOLoss, all_reduce_sum, world_size
+from ..utils.precision import fp32_island
 
 
 def match_regions(student_fea: torch.Tensor, teacher_fea: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,7 @@ class DDINOLoss(DINOLoss):
                 "supports a single --local_crops_size")
         return [s_npatch[0]] * 2 + [s_npatch[-1]] * (self.ncrops - 2)
 
+    @fp32_island
     def forward(self, student_output, teacher_output, epoch: int, targets_mixup=None) -> torch.Tensor:
         s_cls_out, s_region_out, s_fea, s_npatch = student_output
         t_cls_out, t_region_out, t_fea, t_npatch = teacher_output

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .schedules import teacher_temp_schedule
+from ..utils.precision import fp32_island
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,7 @@ class DINOLoss(nn.Module):
         self.teacher_temp_schedule = teacher_temp_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
 
+    @fp32_island
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
                 targets_mixup=None) -> torch.Tensor:
         mixup = targets_mixup is not None and len(targets_mixup) > 0

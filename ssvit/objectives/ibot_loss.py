@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .dino_loss import all_reduce_sum, world_size
 from .schedules import patch_temp_schedule, teacher_temp_schedule
+from ..utils.precision import fp32_island
 
 
 class iBOTLoss(nn.Module):
@@ -61,6 +62,7 @@ class iBOTLoss(nn.Module):
         self.teacher_temp2_schedule = patch_temp_schedule(warmup_teacher_temp2, teacher_temp2,
                                                           warmup_teacher_temp_epochs, nepochs, mim_start_epoch)
 
+    @fp32_island
     def forward(self, student_output, teacher_output, student_local_cls: Optional[torch.Tensor],
                 student_mask: Sequence[torch.Tensor], epoch: int, it: Optional[int] = None) -> dict:
         student_cls, student_patch = student_output

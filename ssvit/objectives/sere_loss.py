@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.sere import sampling
+from ..utils.precision import fp32_island
 
 
 def _ce(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,7 @@ class PixelSERELoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
+    @fp32_island
     def forward(self, student_output, teacher_output, student_output_local: Optional[torch.Tensor],
                 teacher_output_global, grid_local: Optional[Sequence[torch.Tensor]],
                 grid_global: Optional[Sequence[torch.Tensor]], ncrops: int = 2, ncrops_local: int = 0):
@@ -74,6 +76,7 @@ class ChannelSERELoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
+    @fp32_island
     def forward(self, student_output, teacher_output, student_output_local: Optional[torch.Tensor],
                 ncrops: int = 2, ncrops_local: int = 0):
         student_out = student_output.chunk(ncrops)

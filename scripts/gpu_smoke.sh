@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# GPU smoke test: every CUDA code path of ssvit in one prepared run (synthetic data, no network),
+# plus the DINO ViT-S/16 benchmark rows. Under 10 minutes on one GPU.
+#
+#   bash scripts/gpu_smoke.sh                 # on a GPU machine (device cuda)
+#   bash scripts/gpu_smoke.sh --device cpu    # tiny sizes on CPU (Gloo instead of NCCL): the test suite runs this
+#
+# Each check prints "[smoke] NAME: ok (Ns)" or "[smoke] NAME: FAILED (Ns)" with the tail of its output;
+# the script exits 1 if any check failed. OUT=<dir> keeps the outputs (default: a temp dir).
+set -u
+cd "$(dirname "$0")/.."
+DEVICE=cuda
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    *) echo "usage: bash scripts/gpu_smoke.sh [--device cuda|cpu]" >&2; exit 2 ;;
+  esac
+done
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+FAILED=0
+
+if [ "$DEVICE" = cuda ]; then
+  # ViT-S/16 at reduced crops for the training paths; the full benchmark row below
+  MODEL=(--arch vit_small --patch_size 16 --global_crops_size 224 --local_crops_size 96 --local_crops_number 2
+         --out_dim 65536 --batch_size_per_gpu 32)
+  DATA=(--dataset synthetic --synthetic_size 512)
+  ITERS=20
+  NPROC=1      # one GPU: one rank (NCCL); LOCAL_RANK >= device_count is refused
+  BENCH=(--arch vit_small --patch_size 16 --global_crops_size 224 --local_crops_size 96 --local_crops_number 10
+         --batch_size_per_gpu 64 --out_dim 65536 --warmup_iters 5 --iters 20)
+  BENCH_B=(--arch vit_base --patch_size 16 --global_crops_size 224 --local_crops_size 96 --local_crops_number 10
+           --batch_size_per_gpu 32 --out_dim 65536 --warmup_iters 3 --iters 10)
+  KNN_SIZE=(--synthetic_size 512)
+  ARCH=vit_small; PATCH=16; GSIZE=224; IBOT_DIM=8192
+  SWIN=(--method esvit --arch swin_tiny --cfg configs/esvit/swin_tiny_patch4_window7_224.yaml --global_crops_size 224
+        --local_crops_size 96 --local_crops_number 6 --batch_size_per_gpu 32 --use_dense_prediction true
+        --warmup_iters 3 --iters 10)
+else
+  MODEL=(--arch vit_pico --patch_size 4 --global_crops_size 32 --local_crops_size 16 --local_crops_number 2
+         --out_dim 64 --head_hidden_dim 64 --head_bottleneck_dim 32 --batch_size_per_gpu 4)
+  DATA=(--dataset synthetic --synthetic_size 48)
+  ITERS=4
+  NPROC=2      # Gloo: two ranks on the CPU
+  BENCH=(--arch vit_pico --patch_size 4 --global_crops_size 32 --local_crops_size 16 --local_crops_number 2
+         --batch_size_per_gpu 4 --out_dim 64 --head_hidden_dim 64 --head_bottleneck_dim 32 --warmup_iters 1 --iters 2)
+  BENCH_B=()
+  KNN_SIZE=(--synthetic_size 48)
+  ARCH=vit_pico; PATCH=4; GSIZE=32; IBOT_DIM=64
+  SWIN=()
+fi
+COMMON=("${MODEL[@]}" "${DATA[@]}" --num_workers 2 --tensorboard false --print_freq 1 --device "$DEVICE")
+
+check() {  # check NAME CMD...: run, time, report
+  local name="$1"; shift
+  local t0=$SECONDS log="$OUT/$name.log"
+  if "$@" >"$log" 2>&1; then
+    echo "[smoke] $name: ok ($((SECONDS - t0))s)"
+  else
+    echo "[smoke] $name: FAILED ($((SECONDS - t0))s)"; tail -n 25 "$log" | sed 's/^/    /'
+    FAILED=1
+  fi
+}
+
+expect() {  # expect NAME FILE PATTERN: the output of an earlier check holds PATTERN
+  if grep -q -- "$3" "$OUT/$2.log"; then echo "[smoke] $1: ok"; else echo "[smoke] $1: FAILED (no '$3' in $2.log)"; FAILED=1; fi
+}
+
+"$PY" - "$DEVICE" <<'PYEOF'
+import sys, torch
+dev = sys.argv[1]
+print(f"[smoke] torch {torch.__version__}, cuda available {torch.cuda.is_available()}, device {dev}")
+if dev == "cuda" and torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"[smoke] {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, "
+          f"bf16 native {torch.cuda.is_bf16_supported(including_emulation=False)}")
+PYEOF
+
+# 1. device choice: --device auto picks the GPU (probe allocation); cpu when asked
+check device_auto "$PY" -c "
+from ssvit.engine.distributed import resolve_device
+d = resolve_device('auto'); print('auto ->', d)
+assert (d.type == 'cuda') == ('$DEVICE' == 'cuda'), d"
+
+# 2. torchrun: metrics all-reduce on the backend's device at the end of each epoch (NCCL: CUDA tensors)
+check torchrun_epochs "$PY" -m torch.distributed.run --standalone --nproc_per_node $NPROC main_pretrain.py \
+  "${COMMON[@]}" --epochs 2 --saveckp_freq 1 --output_dir "$OUT/ddp"
+expect torchrun_collapse_monitors torchrun_epochs "Averaged stats"
+check torchrun_log "$PY" -c "
+import json; recs = [json.loads(l) for l in open('$OUT/ddp/log.txt')]
+assert [r['epoch'] for r in recs] == [0, 1] and 'train_teacher_entropy' in recs[0], recs; print(recs[-1])"
+
+# 3. precision: fp16 + GradScaler (default), bf16 (fp32 islands), fp32 (TF32), each a short run
+for prec in fp16 bf16; do
+  check "amp_$prec" "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --amp_dtype $prec \
+    --output_dir "$OUT/amp_$prec"
+done
+check amp_fp32 "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --use_fp16 false \
+  --output_dir "$OUT/amp_fp32"
+if [ "$DEVICE" = cuda ]; then
+  check fp16_scaler_saved "$PY" -c "
+from ssvit.engine.checkpoint import load_checkpoint
+ck = load_checkpoint('$OUT/amp_fp16/checkpoint.pth'); print('fp16_scaler', ck['fp16_scaler'])
+assert ck['fp16_scaler']['scale'] > 0"
+fi
+
+# 4. SIGTERM under torchrun: every rank stops at the same step, one checkpoint, exit 0; then resume
+sigterm_run() {
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node $NPROC main_pretrain.py "${COMMON[@]}" --epochs 1 \
+    --save_every_minutes 0 --output_dir "$OUT/sigterm" > "$OUT/sigterm_run.log" 2>&1 &
+  local launcher=$!
+  for _ in $(seq 1 1500); do grep -q "\[1/" "$OUT/sigterm_run.log" 2>/dev/null && break; sleep 0.2; done
+  # the workers are the launcher's children: signal the last one only (rank 1 on CPU, rank 0 on one GPU)
+  local worker; worker=$(pgrep -P $launcher | tail -n 1)
+  [ -n "$worker" ] && kill -TERM "$worker"
+  wait $launcher; local rc=$?
+  cat "$OUT/sigterm_run.log"
+  [ $rc -eq 0 ] && grep -q "Stopped in epoch 0" "$OUT/sigterm_run.log"
+}
+check sigterm_stop sigterm_run
+check sigterm_resume "$PY" -m torch.distributed.run --standalone --nproc_per_node $NPROC main_pretrain.py \
+  "${COMMON[@]}" --epochs 1 --save_every_minutes 0 --output_dir "$OUT/sigterm"
+expect sigterm_resumed sigterm_resume "Resumed from"
+
+# 5. non-finite loss: skipped, then a clear stop after --max_bad_steps (exit 1), weights on disk finite
+check nonfinite "$PY" - "$OUT/nan" "$DEVICE" "${COMMON[@]}" <<'PYEOF'
+import sys
+import torch
+out, dev, *flags = sys.argv[1:]
+import main_pretrain
+from ssvit.methods.dino import DINO
+orig, n = DINO.training_step, {"i": 0}
+def step(self, *a, **k):
+    loss, extra = orig(self, *a, **k)
+    n["i"] += 1
+    return (loss * float("nan") if n["i"] > 3 else loss), extra
+DINO.training_step = step
+rc = main_pretrain.main(flags + ["--epochs", "1", "--save_every_iters", "1", "--output_dir", out])
+from ssvit.engine.checkpoint import load_checkpoint
+ck = load_checkpoint(out + "/checkpoint.pth")
+finite = all(bool(torch.isfinite(v).all()) for key in ("student", "teacher") for v in ck[key].values()
+             if v.is_floating_point())
+print("exit", rc, "checkpoint iteration", ck["iter_in_epoch"], "finite", finite)
+assert rc == 1 and finite and ck["iter_in_epoch"] == 3
+PYEOF
+
+# 6. k-NN: --use_cuda true keeps the bank on the GPU, false on the CPU (extraction on the GPU either way)
+for uc in true false; do
+  check "knn_use_cuda_$uc" "$PY" eval_knn.py --arch $ARCH --patch_size $PATCH --dataset synthetic \
+    "${KNN_SIZE[@]}" --eval_size $GSIZE --pretrained_weights "$OUT/ddp/checkpoint.pth" --nb_knn 5 \
+    --use_cuda $uc --num_workers 2 --batch_size_per_gpu 64
+done
+expect knn_result knn_use_cuda_false "5-NN classifier result"
+
+# 7. submitit local executor (the requeue path is tested on CPU by the suite)
+check submitit_local "$PY" scripts/run_with_submitit.py --cluster local --nodes 1 --ngpus 1 "${COMMON[@]}" \
+  --epochs 1 --max_iters $ITERS --output_dir "$OUT/submitit"
+
+# 8. iBOT with a BN head norm under a process group
+check ibot_torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node $NPROC main_pretrain.py \
+  --method ibot "${COMMON[@]}" --out_dim $IBOT_DIM --patch_out_dim $IBOT_DIM --norm_in_head bn --epochs 1 --max_iters $ITERS \
+  --output_dir "$OUT/ibot"
+
+# 9. benchmark rows (ssvit step vs the original code paths, same process)
+check bench_dino_fp16 "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype fp16 --compare_original --device "$DEVICE" \
+  --json "$OUT/bench_dino_fp16.json"
+check bench_dino_bf16 "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype bf16 --device "$DEVICE" \
+  --json "$OUT/bench_dino_bf16.json"
+check bench_ibot "$PY" scripts/benchmark.py --method ibot "${BENCH[@]}" --out_dim $IBOT_DIM --patch_out_dim $IBOT_DIM \
+  --device "$DEVICE"
+if [ ${#BENCH_B[@]} -gt 0 ]; then
+  check bench_vit_base "$PY" scripts/benchmark.py "${BENCH_B[@]}" --device "$DEVICE"
+  check bench_swin_esvit "$PY" scripts/benchmark.py "${SWIN[@]}" --device "$DEVICE"
+fi
+for f in "$OUT"/bench_*.log; do grep -E "img/s|speed-up|^[a-z_]+ .*crops" "$f" | sed "s|^|[bench $(basename "$f" .log)] |"; done
+
+echo "[smoke] outputs in $OUT"
+if [ $FAILED -ne 0 ]; then echo "[smoke] SOME CHECKS FAILED"; exit 1; fi
+echo "[smoke] all checks passed"

@@ -1,0 +1,52 @@
+"""Pre-emption signals -> "checkpoint at the next optimizer step, then leave".
+
+SIGTERM (torchrun, Slurm at time-out), SIGUSR1 (Slurm ``--signal``) and SIGUSR2 (submitit's
+pre-emption / time-out signal) set a flag; the engine agrees on it across ranks every step (one
+all-reduce MAX), so all ranks leave the loop at the same iteration and the checkpoint is written
+once. A handler that was installed before (submitit's ``checkpoint_and_try_requeue``) is not lost:
+``forward()`` calls it once the checkpoint is on disk and the ranks have met at the final barrier,
+so submitit requeues the job and the requeued job resumes from that checkpoint.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Callable, Optional
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StopRequest:
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.requested = False
+        self.signum: Optional[int] = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in self.signals:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def previous_handler(self) -> Optional[Callable]:
+        """The Python handler the received signal had before (None for SIG_DFL / SIG_IGN)."""
+        old = self._old.get(self.signum) if self.signum is not None else None
+        return old if callable(old) else None
+
+    def forward(self) -> None:
+        """Hand the received signal to the handler installed before ours (e.g. submitit's requeue,
+        which may ``sys.exit``); nothing when none was installed."""
+        handler = self.previous_handler()
+        if handler is not None:
+            handler(self.signum, None)

@@ -1,0 +1,96 @@
+"""One training iteration, shared by the engine (``Trainer``), ``scripts/benchmark.py`` and the tests.
+
+Order (facebookresearch/dino ``train_one_epoch``, training spec §1): forward + loss under autocast,
+the loss read on the host (logging and the finiteness check, as the originals), backward (through
+the GradScaler with fp16), then on the stepping iteration of an accumulation window: unscale,
+per-parameter clipping, last-layer gradient cancelling, optimizer step, EMA teacher update.
+
+Beyond the originals, a non-finite loss (or, in fp32, a non-finite gradient) does not end the run:
+the update is skipped on every rank (the ranks agree with one all-reduce that also carries the
+stop request) and counted; the caller stops after ``--max_bad_steps`` consecutive ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from ..utils.distributed import all_reduce_flags
+from ..utils.precision import autocast
+from .optim import cancel_gradients_last_layer, clip_gradients
+
+
+class StepResult(NamedTuple):
+    loss: float          # the loss as logged (a method's ``extra['loss']`` replaces it)
+    extra: dict          # the method's extra floats
+    stepped: bool        # an optimizer step was taken at this iteration
+    skipped: bool        # non-finite loss or gradient: no update (on every rank)
+    stop: bool           # some rank asked to stop (agreed by all ranks)
+
+
+class TrainStep:
+    """Callable ``step(batch, epoch, i, momentum, stop_requested=False) -> StepResult``.
+
+    ``i`` is the iteration within the epoch (the accumulation window is ``i // accum_iter``);
+    ``momentum`` the EMA momentum of this iteration (ignored by teacher-less methods)."""
+
+    def __init__(self, method: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer, *,
+                 device: torch.device, amp_dtype: Optional[torch.dtype] = None, clip_grad: float = 0.0,
+                 freeze_last_layer: int = 0, accum_iter: int = 1, agree_every_step: bool = True,
+                 clip_fn=clip_gradients):
+        self.method, self.student, self.optimizer = method, student, optimizer
+        self.device, self.amp_dtype = device, amp_dtype
+        self.clip_grad, self.freeze_last_layer, self.accum_iter = clip_grad, freeze_last_layer, accum_iter
+        self.agree = agree_every_step
+        self.clip_fn = clip_fn  # scripts/benchmark.py --compare_original swaps in the original's loop
+        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
+
+    def __call__(self, batch: Any, epoch: int, i: int, momentum: float, stop_requested: bool = False) -> StepResult:
+        method, opt, k = self.method, self.optimizer, self.accum_iter
+        step_now = (i + 1) % k == 0
+        sync = self.student.no_sync() if (self.ddp and not step_now) else contextlib.nullcontext()
+        with sync:
+            with autocast(self.device, self.amp_dtype):
+                loss, extra = method.training_step(self.student, batch, epoch, i)
+            loss_value = loss.item()
+            bad = not math.isfinite(loss_value)
+            if self.agree:
+                bad, stop = all_reduce_flags(bad, stop_requested)
+            else:
+                stop = stop_requested
+            if bad:  # drop this accumulation window's gradients; no rank runs backward
+                opt.zero_grad(set_to_none=True)
+                return StepResult(loss_value, extra, False, True, stop)
+            if k > 1:
+                loss = loss / k
+            if self.scaler is None:
+                loss.backward()
+            else:
+                self.scaler.scale(loss).backward()
+        logged = float(extra.pop("loss")) if "loss" in extra else loss_value
+        if not step_now:
+            return StepResult(logged, extra, False, False, stop)
+        norms = None
+        if self.scaler is not None and self.clip_grad:
+            self.scaler.unscale_(opt)
+        if self.clip_grad:
+            norms = self.clip_fn(method.student, self.clip_grad)
+        if self.scaler is None and isinstance(norms, torch.Tensor) and norms.numel() \
+                and not bool(torch.isfinite(norms).all()):
+            # fp32: a non-finite gradient would poison the weights (the gradients are already
+            # all-reduced, so every rank sees the same and skips together). fp16: the scaler skips.
+            opt.zero_grad(set_to_none=True)
+            return StepResult(logged, extra, False, True, stop)
+        cancel_gradients_last_layer(epoch, method.student, self.freeze_last_layer)
+        if self.scaler is None:
+            opt.step()
+        else:
+            self.scaler.step(opt)
+            self.scaler.update()
+        opt.zero_grad(set_to_none=True)
+        method.update_teacher(momentum)
+        return StepResult(logged, extra, True, False, stop)

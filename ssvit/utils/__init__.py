@@ -1,0 +1,1 @@
+"""Bottom-layer helpers that models, objectives and the engine all use (imports only torch)."""

@@ -1,0 +1,46 @@
+"""torch.distributed helpers every layer uses (the engine, the losses, the evaluation): all of them
+work without a process group, and every tensor they hand to a collective lives on the backend's
+device (NCCL: the current GPU; Gloo: the CPU)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def collective_device() -> torch.device:
+    """Where tensors handed to ``torch.distributed`` must live: the current GPU for NCCL (it only
+    handles CUDA tensors), the CPU for Gloo."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_flags(*flags: bool) -> list[bool]:
+    """Logical OR of each flag over all ranks (one all-reduce MAX on the backend's device); the
+    flags unchanged without a process group. Every rank must call it at the same point."""
+    if not is_dist() or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(f) for f in flags], device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]

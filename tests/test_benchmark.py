@@ -1,0 +1,81 @@
+"""scripts/benchmark.py: it times the engine's step (clip 0 means no clipping), counts attention
+FLOPs on CPU, labels the precision it used and knows each chip's peak."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchmark  # noqa: E402
+
+TINY = ["--arch", "vit_pico", "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8",
+        "--local_crops_number", "2", "--out_dim", "32", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
+        "--batch_size_per_gpu", "2", "--device", "cpu", "--warmup_iters", "0", "--iters", "1"]
+
+
+@pytest.mark.parametrize("name,amp,tf32,peak", [
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, True, 989.4),
+    ("NVIDIA H100 PCIe", torch.float16, True, 756.0),
+    ("NVIDIA H100 NVL", torch.bfloat16, True, 835.0),
+    ("NVIDIA H200", torch.bfloat16, True, 989.4),
+    ("NVIDIA A100-SXM4-80GB", torch.float16, True, 312.0),
+    ("NVIDIA A100-SXM4-80GB", None, True, 156.0),
+    ("NVIDIA A100-SXM4-80GB", None, False, 19.5),
+    ("Tesla V100-SXM2-32GB", torch.float16, True, 125.0),
+    ("Some Future GPU", torch.float16, True, None),
+])
+def test_peak_table(name, amp, tf32, peak):
+    assert benchmark.peak_tflops(name, amp, tf32) == peak
+
+
+def test_precision_label_names_the_dtype_used():
+    cuda = torch.device("cuda", 0)
+    assert benchmark.precision_label(cuda, torch.float16, True) == "fp16 autocast + GradScaler"
+    assert benchmark.precision_label(cuda, torch.bfloat16, True) == "bf16 autocast"
+    assert benchmark.precision_label(cuda, None, True) == "fp32 (tf32 matmuls)"
+    assert benchmark.precision_label(torch.device("cpu"), None, True) == "fp32"
+
+
+def test_clip_grad_zero_means_no_clipping():
+    torch.manual_seed(0)
+    args = benchmark.parse_with_config(benchmark.get_args_parser(TINY[:-6]), TINY[:-6] + ["--clip_grad", "0"])
+    method, step = benchmark.build(args, torch.device("cpu"), original=False)
+    images = benchmark.make_batch(method, args, torch.device("cpu"))
+    before = [p.detach().clone() for p in method.student.parameters()]
+    seen = []
+    orig_step = step.optimizer.step
+
+    def spy():
+        seen.append(sum(float(p.grad.abs().sum()) for p in method.student.parameters() if p.grad is not None))
+        return orig_step()
+    step.optimizer.step = spy
+    r = step(images, 0, 0, 0.996)
+    assert r.stepped and seen and seen[0] > 0  # gradients reach the optimizer un-zeroed
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.student.parameters()))
+
+
+def test_benchmark_counts_attention_flops_on_cpu(capsys):
+    res = benchmark.main(TINY + ["--compare_original"])
+    out = capsys.readouterr().out
+    assert "fp32, CPU" in out and "speed-up ssvit / original code paths" in out
+    flops = res["ssvit"]["model_tflop_per_iter"] * 1e12
+    assert flops == res["original_code_paths"]["model_tflop_per_iter"] * 1e12
+    # the same step counted with SDPA (which the counter sees as 0 FLOPs on CPU) is smaller by the
+    # attention matmuls: 2 (QK^T, AV) x 2 flops x B x heads x N^2 x head_dim, x3 with backward
+    args = benchmark.parse_with_config(benchmark.get_args_parser(TINY[:-6]), TINY[:-6])
+    method, step = benchmark.build(args, torch.device("cpu"), original=False)
+    images = benchmark.make_batch(method, args, torch.device("cpu"))
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        step(images, 0, 0, 0.996)
+    bb = method.student.backbone
+    heads, dim, depth = bb.blocks[0].attn.num_heads, bb.embed_dim, len(bb.blocks)
+    attn = 0
+    for side, n_crops, teacher in ((16, 2, True), (8, 2, False)):
+        n = (side // 4) ** 2 + 1
+        fwd = 2 * 2 * 2 * heads * n * n * (dim // heads) * depth * n_crops  # batch 2
+        attn += 3 * fwd + (fwd if teacher else 0)  # student fwd+bwd; teacher forward only
+    assert flops - fc.get_total_flops() == pytest.approx(attn, rel=1e-6)

@@ -1,0 +1,341 @@
+"""Failure edges found by fault injection, each reproduced on CPU: stop signals agreed by the
+ranks, submitit pre-emption, non-finite steps, orphan temp files, a lost numbered checkpoint,
+refused resumes, and bad input that must end in one line with exit status 2."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ssvit.engine.checkpoint import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from test_train import TINY, assert_same_weights, run  # noqa: E402
+
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+def one_line_error(p):
+    """Exit 2, no traceback, and the error itself is the last stderr line (warnings may precede)."""
+    assert p.returncode == 2, (p.returncode, p.stdout[-1500:], p.stderr[-1500:])
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert lines and "error: " in lines[-1], p.stderr[-1500:]
+    return lines[-1]
+
+
+# ------------------------------------------------------------------ stop signals
+def _torchrun(out, extra, **kw):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "tests", "ddp_worker.py"), *TINY, "--batch_size_per_gpu", "4",
+                             "--output_dir", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, cwd=ROOT, **kw)
+
+
+def test_sigterm_to_one_rank_stops_both_once_then_resumes_bit_identical(tmp_path):
+    flags = ["--epochs", "2", "--save_every_minutes", "0"]
+    ref = _torchrun(tmp_path / "ref", flags)
+    ref_out = ref.communicate(timeout=300)[0]
+    assert ref.returncode == 0, ref_out[-3000:]
+
+    out = tmp_path / "stopped"
+    proc = _torchrun(out, flags)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Epoch: [0/2]  [1/6]" in line:
+            pid1 = int((out / "pid1").read_text())
+            os.kill(pid1, signal.SIGTERM)  # one rank only, as a node losing its job step
+            break
+    rest = proc.communicate(timeout=300)[0]
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text[-3000:]
+    assert text.count("Stopped in epoch 0") == 1 and "collective mismatch" not in text
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ck["epoch"] == 0 and 2 <= ck["iter_in_epoch"] < 6
+    r0, r1 = torch.load(out / "rank0.pth"), torch.load(out / "rank1.pth")
+    assert r0["interrupted"] and r1["interrupted"]  # the rank without the signal knows it stopped early
+    assert r0["collective_tensors_checked"] > 0
+
+    again = _torchrun(out, flags)
+    text = again.communicate(timeout=300)[0]
+    assert again.returncode == 0 and "Resumed from" in text, text[-3000:]
+    assert_same_weights(load_checkpoint(str(tmp_path / "ref" / "checkpoint.pth")),
+                        load_checkpoint(str(out / "checkpoint.pth")))
+
+
+def _task_pids(marker):
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmd and any(marker.encode() in c for c in cmd):
+            pids.append(int(pid))
+    return pids
+
+
+def test_submitit_preemption_sigusr2_checkpoints_requeues_and_resumes(tmp_path):
+    flags = [*TINY, "--epochs", "2", "--save_every_minutes", "0"]
+    ref = tmp_path / "ref"
+    run(flags + ["--output_dir", str(ref)])
+    out = tmp_path / "sub"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "run_with_submitit.py"), "--cluster",
+                             "local", "--nodes", "1", "--ngpus", "1", "--device", "cpu", *flags, "--output_dir",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    deadline, sent = time.time() + 240, False
+    while time.time() < deadline and proc.poll() is None and not sent:
+        logs = [f for f in os.listdir(out)] if out.exists() else []
+        for name in logs:
+            if name.endswith("_log.out") and "Epoch: [0/2]  [1/6]" in (out / name).read_text():
+                for pid in _task_pids(str(out)):
+                    os.kill(pid, signal.SIGUSR2)  # submitit's pre-emption / time-out signal
+                    sent = True
+        time.sleep(0.05)
+    text = proc.communicate(timeout=300)[0]
+    assert sent and proc.returncode == 0 and "finished" in text, text[-3000:]
+    log = "".join((out / n).read_text() for n in os.listdir(out) if n.endswith("_log.out"))
+    assert "Stopped in epoch 0" in log and "Requeued job" in log and "Resumed from" in log, log[-3000:]
+    assert "epoch 0, iteration" in log
+    assert_same_weights(load_checkpoint(str(ref / "checkpoint.pth")), load_checkpoint(str(out / "checkpoint.pth")))
+
+
+def test_demo_stopped_by_sigterm_does_not_evaluate(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "demo_fashion_mnist.py"), "--dataset",
+                             "synthetic", "--synthetic_size", "64", "--global_crops_size", "32", "--local_crops_size",
+                             "16", "--batch_size_per_gpu", "8", "--num_workers", "0", "--print_freq", "1",
+                             "--output_dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV, cwd=ROOT)
+    for line in proc.stdout:
+        if "Epoch: [0/1]  [1/8]" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, rest[-2000:]
+    assert "no evaluation" in rest and "k-NN top-1" not in rest
+    assert not (out / "results.json").exists() and (out / "checkpoint.pth").exists()
+
+
+# ------------------------------------------------------------------ non-finite steps
+def _nan_after(monkeypatch, bad_calls):
+    """Make DINO's training_step return a NaN loss on the given (0-based) calls."""
+    from ssvit.methods.dino import DINO
+    orig = DINO.training_step
+    calls = {"n": 0}
+
+    def step(self, student, images, epoch, it=0):
+        loss, extra = orig(self, student, images, epoch, it)
+        n = calls["n"]
+        calls["n"] += 1
+        return (loss * float("nan") if n in bad_calls else loss), extra
+    monkeypatch.setattr(DINO, "training_step", step)
+
+
+def _main(argv):
+    import main_pretrain
+    return main_pretrain.main(argv)
+
+
+def test_one_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    _nan_after(monkeypatch, {2})
+    out = tmp_path / "r"
+    assert _main(TINY + ["--epochs", "1", "--output_dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "update skipped (1 in a row" in err
+    rec = json.loads((out / "log.txt").read_text().splitlines()[0])
+    assert rec["train_bad_steps"] == 1 and all(torch.isfinite(v).all() for v in
+                                               load_checkpoint(str(out / "checkpoint.pth"))["student"].values())
+
+
+def test_skipped_step_leaves_the_weights_untouched(tmp_path, monkeypatch):
+    from ssvit.engine.pretrain import Trainer
+    from main_pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    argv = TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r")]
+    trainer = Trainer(parse_with_config(get_args_parser(argv), argv))
+    batch = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))[0]
+    before = {k: v.clone() for k, v in trainer.method.student.state_dict().items()}
+    teacher = {k: v.clone() for k, v in trainer.method.teacher.state_dict().items()}
+    _nan_after(monkeypatch, {0})
+    r = trainer.step(batch, 0, 0, 0.9)
+    assert r.skipped and not r.stepped
+    for k, v in trainer.method.student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in trainer.method.teacher.state_dict().items():
+        assert torch.equal(v, teacher[k]), k
+    assert all(p.grad is None for p in trainer.method.student.parameters())
+
+
+def test_consecutive_nonfinite_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    flags = TINY + ["--epochs", "2", "--save_every_iters", "1", "--output_dir", str(out)]
+    _nan_after(monkeypatch, set(range(8, 100)))  # epoch 0 (6 steps) and 2 steps of epoch 1 are good
+    assert _main(flags) == 1
+    err = capsys.readouterr().err
+    assert "3 consecutive non-finite steps at epoch 1 iteration 4" in err and "Traceback" not in err
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ck["epoch"] == 1 and ck["iter_in_epoch"] == 2
+    for key in ("student", "teacher"):
+        assert all(torch.isfinite(v).all() for v in ck[key].values() if v.is_floating_point())
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_never_written(tmp_path, capsys):
+    from ssvit.engine.pretrain import Trainer
+    from main_pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    argv = TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r")]
+    trainer = Trainer(parse_with_config(get_args_parser(argv), argv))
+    assert trainer.save(0, 1)
+    good = (tmp_path / "r" / "checkpoint.pth").read_bytes()
+    with torch.no_grad():
+        next(trainer.method.student.parameters())[0] = float("inf")
+    assert not trainer.save(0, 2, ("checkpoint0000.pth",))
+    assert (tmp_path / "r" / "checkpoint.pth").read_bytes() == good
+    assert not (tmp_path / "r" / "checkpoint0000.pth").exists()
+    assert "Not writing a checkpoint: 1 tensors hold NaN/Inf (e.g. student.backbone.cls_token)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ files left by kills
+def test_orphan_temp_files_are_removed_on_start(tmp_path):
+    out = tmp_path / "r"
+    os.makedirs(out)
+    orphans = ["checkpoint.pth.k2j3_x.tmp", "checkpoint0003.pth.abcdefgh.tmp", "config.yaml.q1w2e3.tmp"]
+    for name in orphans:
+        (out / name).write_bytes(b"half a file")
+    (out / "notes.tmp").write_text("not ours")
+    p = run(TINY + ["--epochs", "1", "--output_dir", str(out)])
+    assert not any((out / n).exists() for n in orphans) and (out / "notes.tmp").exists()
+    assert p.stdout.count("Removed an unfinished write") == 3
+
+
+def test_lost_numbered_checkpoint_and_log_line_are_recovered(tmp_path):
+    out = tmp_path / "r"
+    run(TINY + ["--epochs", "2", "--saveckp_freq", "1", "--output_dir", str(out)])
+    full_log = (out / "log.txt").read_text().splitlines()
+    kept = load_checkpoint(str(out / "checkpoint0001.pth"))
+    # a kill after checkpoint.pth was replaced at the end of epoch 1, before its numbered copy and log line
+    os.remove(out / "checkpoint0001.pth")
+    (out / "log.txt").write_text(full_log[0] + "\n")
+    p = run(TINY + ["--epochs", "2", "--saveckp_freq", "1", "--output_dir", str(out)])
+    assert "Recovered checkpoint0001.pth" in p.stdout and "Recovered the log.txt line of epoch 1" in p.stdout
+    assert_same_weights(kept, load_checkpoint(str(out / "checkpoint0001.pth")))
+    assert (out / "log.txt").read_text().splitlines() == full_log
+
+
+# ------------------------------------------------------------------ resuming another run's dir
+def test_refused_resume_keeps_config_yaml(tmp_path):
+    out = tmp_path / "r"
+    run(TINY + ["--epochs", "1", "--output_dir", str(out)])
+    before = (out / "config.yaml").read_text()
+    p = run(TINY + ["--method", "ibot", "--patch_out_dim", "64", "--epochs", "1", "--output_dir", str(out)],
+            check=False)
+    assert "written by method 'dino'" in one_line_error(p)
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_changed_lr_and_seed_on_resume_are_warned_and_logged(tmp_path):
+    out = tmp_path / "r"
+    run(TINY + ["--epochs", "1", "--output_dir", str(out)])
+    p = run(TINY + ["--epochs", "2", "--lr", "0.001", "--seed", "5", "--output_dir", str(out)])
+    assert "resuming with changed flags" in p.stderr and "--lr 0.005 -> 0.001" in p.stderr
+    assert "--seed 0 -> 5" in p.stderr and "--epochs 1 -> 2" in p.stderr
+    recs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    changes = [r for r in recs if "resume_changes" in r]
+    assert len(changes) == 1 and changes[0]["resume_changes"]["lr"] == {"checkpoint": 0.005, "now": 0.001}
+    assert [r["epoch"] for r in recs if "resume_changes" not in r] == [0, 1]
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+def _bad_imagefolder(root):
+    from PIL import Image
+    import numpy as np
+    d = root / "cls"
+    os.makedirs(d)
+    for i in range(16):
+        Image.fromarray((np.random.RandomState(i).rand(36, 36, 3) * 255).astype("uint8")).save(d / f"{i:02}.png")
+    (d / "00_broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def test_bad_image_with_fail_policy_in_loader_workers_is_one_line(tmp_path):
+    data = _bad_imagefolder(tmp_path / "data")
+    flags = [a for a in TINY]
+    i = flags.index("synthetic")
+    flags[i] = "imagefolder"
+    flags[flags.index("--num_workers") + 1] = "2"
+    p = run(flags + ["--data_path", str(data), "--on_bad_image", "fail", "--epochs", "1",
+                     "--output_dir", str(tmp_path / "o")], check=False)
+    assert "00_broken.png" in one_line_error(p)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--drop_path_rate", "1.5"], "--drop_path_rate must be in [0, 1), got 1.5"),
+    (["--global_crops_size", "30"], "--global_crops_size (30) must be a multiple of --patch_size (4)"),
+    (["--clip_grad", "-1"], "--clip_grad must be >= 0"),
+    (["--max_iters", "-2"], "--max_iters must be >= 0"),
+    (["--saveckp_freq", "-1"], "--saveckp_freq must be >= 0"),
+    (["--save_every_iters", "-5"], "--save_every_iters must be >= 0"),
+    (["--max_bad_steps", "0"], "--max_bad_steps must be >= 1"),
+])
+def test_bad_flag_values_are_one_line(tmp_path, flags, message):
+    p = run(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "o")] + flags, check=False)
+    assert message in one_line_error(p)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("epochs: [1, 2\n", "is not valid YAML (line 2"),
+    ("- 1\n- 2\n", "must hold a mapping of flag: value, got a list"),
+    (None, "does not exist"),
+])
+@pytest.mark.parametrize("with_method", [False, True])
+def test_bad_config_files_are_one_line(tmp_path, content, message, with_method):
+    cfg = tmp_path / "c.yaml"
+    if content is not None:
+        cfg.write_text(content)
+    p = run(TINY + (["--method", "dino"] if with_method else []) + ["--config", str(cfg), "--output_dir",
+                                                                      str(tmp_path / "o")], check=False)
+    assert message in one_line_error(p)
+
+
+def test_random_bytes_checkpoint_is_one_line(tmp_path):
+    out = tmp_path / "o"
+    os.makedirs(out)
+    (out / "checkpoint.pth").write_bytes(os.urandom(4096))
+    line = one_line_error(run(TINY + ["--epochs", "1", "--output_dir", str(out)], check=False))
+    assert "cannot load checkpoint" in line and "weights_only" not in line
+
+
+def test_read_only_output_dir_is_one_line(tmp_path):
+    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
+        pytest.skip("/sys is writable here")
+    line = one_line_error(run(TINY + ["--epochs", "1", "--output_dir", "/sys/ssvit_out"], check=False))
+    assert "/sys/ssvit_out" in line
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import ssvit.engine.checkpoint as ck
+    out = tmp_path / "r"
+    assert _main(TINY + ["--epochs", "1", "--output_dir", str(out)]) == 0
+    before = (out / "checkpoint.pth").read_bytes()
+    capsys.readouterr()
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ck.torch, "save", full)
+    assert _main(TINY + ["--epochs", "2", "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "No space left on device" in err[-1] and "previous checkpoint is kept" in err[-1]
+    assert (out / "checkpoint.pth").read_bytes() == before
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
