@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssvit.cli import exit_status
-from ssvit.config import build_pretrain_parser, parse_with_config, read_yaml_config
-from ssvit.data import DataError
-from ssvit.engine.checkpoint import CheckpointError
-from ssvit.engine.distributed import DeviceError
-from ssvit.methods import get_method
+if __name__ == "__main__":  # before torch is imported: a pre-emption signal during start-up is not lost
+    from ssvit.engine.signals import catch_early
+    catch_early()
+
+from ssvit.cli import exit_status  # noqa: E402
+from ssvit.config import build_pretrain_parser, parse_with_config, read_yaml_config  # noqa: E402
+from ssvit.data import DataError  # noqa: E402
+from ssvit.engine.checkpoint import CheckpointError  # noqa: E402
+from ssvit.engine.distributed import DeviceError  # noqa: E402
+from ssvit.methods import get_method  # noqa: E402
 
 
 def get_args_parser(argv=None) -> argparse.ArgumentParser:

@@ -157,11 +157,12 @@ def test_one_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, capsys
                                                load_checkpoint(str(out / "checkpoint.pth"))["student"].values())
 
 
-def test_skipped_step_leaves_the_weights_untouched(tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", ["3.0", "0"])  # with clipping the gradient check is a second guard
+def test_skipped_step_leaves_the_weights_untouched(tmp_path, monkeypatch, clip):
     from ssvit.engine.pretrain import Trainer
     from main_pretrain import get_args_parser
     from ssvit.config import parse_with_config
-    argv = TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r")]
+    argv = TINY + ["--epochs", "1", "--clip_grad", clip, "--output_dir", str(tmp_path / "r")]
     trainer = Trainer(parse_with_config(get_args_parser(argv), argv))
     batch = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))[0]
     before = {k: v.clone() for k, v in trainer.method.student.state_dict().items()}
@@ -339,3 +340,16 @@ def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monke
     assert "No space left on device" in err[-1] and "previous checkpoint is kept" in err[-1]
     assert (out / "checkpoint.pth").read_bytes() == before
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_sigterm_during_start_up_is_not_lost(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main_pretrain.py"), *TINY, "--epochs", "2",
+                             "--output_dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+    time.sleep(0.6)  # importing torch: before any training code runs
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "Stopped in epoch 0" in text, text[-2000:]
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ck["epoch"] == 0 and ck["iter_in_epoch"] == 1

@@ -6,6 +6,10 @@ all-reduce MAX), so all ranks leave the loop at the same iteration and the check
 once. A handler that was installed before (submitit's ``checkpoint_and_try_requeue``) is not lost:
 ``forward()`` calls it once the checkpoint is on disk and the ranks have met at the final barrier,
 so submitit requeues the job and the requeued job resumes from that checkpoint.
+
+``catch_early()`` (called by ``main_pretrain.py`` before it imports torch) records a signal that
+arrives during start-up -- imports, data and model building take seconds -- instead of letting it
+kill the process; the run then stops at its first step boundary with a checkpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +17,20 @@ import signal
 from typing import Callable, Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+_EARLY: dict = {"pending": None, "original": {}, "handler": None}
+
+
+def catch_early(signals=STOP_SIGNALS) -> None:
+    """Record a stop signal received before ``StopRequest`` is entered (see the module doc)."""
+    def handler(signum, frame):
+        if _EARLY["pending"] is None:
+            _EARLY["pending"] = signum
+    _EARLY["handler"] = handler
+    for sig in signals:
+        try:
+            _EARLY["original"][sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread
+            pass
 
 
 class StopRequest:
@@ -20,14 +38,22 @@ class StopRequest:
         self.signals = tuple(signals)
         self.requested = False
         self.signum: Optional[int] = None
-        self._old: dict[int, object] = {}
+        self._old: dict[int, object] = {}      # the handler to forward a received signal to
+        self._restore: dict[int, object] = {}  # the handler to put back on exit (catch_early's recorder:
+        #                                        a signal while the process winds down is not fatal)
 
     def __enter__(self) -> "StopRequest":
         for sig in self.signals:
             try:
-                self._old[sig] = signal.signal(sig, self._handler)
+                old = signal.signal(sig, self._handler)
             except ValueError:  # not in the main thread
-                pass
+                continue
+            self._restore[sig] = old
+            # behind catch_early's recorder stands the handler the process started with
+            self._old[sig] = _EARLY["original"].get(sig, old) if old is _EARLY["handler"] and old else old
+        if _EARLY["pending"] is not None:
+            self._handler(_EARLY["pending"], None)
+            _EARLY["pending"] = None
         return self
 
     def _handler(self, signum, frame) -> None:
@@ -36,7 +62,7 @@ class StopRequest:
             self.signum = signum
 
     def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
+        for sig, old in self._restore.items():
             signal.signal(sig, old)
 
     def previous_handler(self) -> Optional[Callable]:
