@@ -10,7 +10,7 @@ import argparse
 import sys
 
 if __name__ == "__main__":  # before torch is imported: a pre-emption signal during start-up is not lost
-    from ssvit.engine.signals import catch_early
+    from ssvit.engine.signals import catch_early, ignore_stop_signals
     catch_early()
 
 from ssvit.cli import exit_status  # noqa: E402
@@ -53,4 +53,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    ignore_stop_signals()  # the run is over: a late stop signal must not turn its exit status into -15
+    sys.exit(status)

@@ -1,7 +1,6 @@
 """GPU code paths emulated on CPU: collectives on the backend's device, the mixed-precision policy
 and its fp32 islands (CPU autocast), the device choice (mocked CUDA), eval_knn's --use_cuda."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -53,11 +52,6 @@ def test_all_reduce_flags_without_process_group_is_identity():
 
 
 # ------------------------------------------------------------------ precision policy
-class _FakeCuda:
-    type = "cuda"
-    index = 0
-
-
 @pytest.mark.parametrize("native,amp,expected", [
     (True, "fp16", torch.float16), (False, "fp16", torch.float16),
     (True, "auto", torch.bfloat16), (False, "auto", torch.float16),  # emulated bf16 is not chosen

@@ -12,9 +12,7 @@ agreed by all ranks, non-finite steps skipped (``--max_bad_steps``), collapse mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import random
 import glob

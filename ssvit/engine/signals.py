@@ -76,3 +76,14 @@ class StopRequest:
         handler = self.previous_handler()
         if handler is not None:
             handler(self.signum, None)
+
+
+def ignore_stop_signals(signals=STOP_SIGNALS) -> None:
+    """For the last moments of a finished process: Python's finalisation puts SIG_DFL back behind
+    every Python-level handler (SIG_IGN stays), so a late SIGTERM would kill the interpreter while it
+    tears down and turn a completed run's exit status into -15."""
+    for sig in signals:
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not in the main thread
+            pass
