@@ -148,6 +148,6 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
 
 
 def save_config(args: argparse.Namespace, path: str) -> None:
-    from .engine.checkpoint import save_text_atomic
+    from .utils.checkpoint import save_text_atomic
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(args).items())}
     save_text_atomic(yaml.safe_dump(data, sort_keys=True), path)

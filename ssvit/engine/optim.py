@@ -1,25 +1,11 @@
-"""Parameter groups, optimizers, gradient clipping and last-layer freezing (DINO ``utils.py``)."""
+"""Optimizers (DINO ``utils.py``): AdamW, SGD, LARS. Parameter groups, clipping and last-layer freezing
+live in the bottom layer, ``ssvit.utils.params`` (methods use them too)."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 
-def get_params_groups(model: nn.Module) -> list[dict]:
-    """[regularised, not regularised]: names ending in ``.bias`` and 1-D tensors get no weight decay.
-
-    QUIRK kept: every other tensor is decayed, ``pos_embed`` and ``cls_token`` included; frozen
-    parameters (e.g. ``last_layer.weight_g`` with norm_last_layer) are left out.
-    """
-    regularized, not_regularized = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.endswith(".bias") or len(param.shape) == 1:
-            not_regularized.append(param)
-        else:
-            regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+from ..utils.params import cancel_gradients_last_layer, clip_gradients, get_params_groups  # noqa: F401
 
 
 class LARS(torch.optim.Optimizer):
@@ -65,29 +51,3 @@ def build_optimizer(name: str, param_groups: list[dict], fused: bool = False) ->
     if name == "lars":
         return LARS(param_groups)
     raise ValueError(f"--optimizer must be adamw, sgd or lars, got {name!r}")
-
-
-def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
-    """Per-parameter clipping: each gradient tensor is scaled to norm <= ``clip`` independently
-    (``coef = clip / (norm + 1e-6)``, applied when < 1), as DINO -- not a global-norm clip.
-
-    Vectorised with ``torch._foreach_*`` and no host synchronisation (the original calls
-    ``.item()`` per parameter); multiplying by a coefficient clamped to 1 leaves unclipped
-    gradients bit-identical. Returns the per-parameter norms (before clipping) as a tensor.
-    """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(0)
-    norms = torch._foreach_norm(grads, 2)
-    coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
-    return torch.stack(norms)
-
-
-def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
-    """Drop the gradients of every parameter named ``*last_layer*`` while ``epoch < freeze_last_layer``."""
-    if epoch >= freeze_last_layer:
-        return
-    for n, p in model.named_parameters():
-        if "last_layer" in n:
-            p.grad = None

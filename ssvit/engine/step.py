@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..utils.distributed import all_reduce_flags
 from ..utils.precision import autocast
-from .optim import cancel_gradients_last_layer, clip_gradients
+from ..utils.params import cancel_gradients_last_layer, clip_gradients
 
 
 class StepResult(NamedTuple):

@@ -108,7 +108,7 @@ def grid_img_size(state_dict: dict, patch_size: int) -> Optional[int]:
 
 def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: int) -> Optional[int]:
     """``grid_img_size`` of a checkpoint file's backbone (None for an empty path)."""
-    from ..engine.checkpoint import read_pretrained_state
+    from ..models.loading import read_pretrained_state
     return grid_img_size(read_pretrained_state(path, checkpoint_key), patch_size) if path else None
 
 
@@ -119,7 +119,7 @@ def build_eval_backbone(arch: str, patch_size: int, pretrained_weights: str, che
     (e.g. from an EsViT ``--cfg``) go to the constructor. Raises
     ``CheckpointError`` for an empty path (ssvit never downloads) or a checkpoint that does not
     fit (the message lists the keys); ``ValueError`` for an unknown ``arch``."""
-    from ..engine.checkpoint import load_backbone_state, read_pretrained_state
+    from ..models.loading import load_backbone_state, read_pretrained_state
     from ..models import create_backbone
     sd = read_pretrained_state(pretrained_weights, checkpoint_key)
     kwargs = dict(patch_size=patch_size, num_classes=0, **backbone_kwargs)

@@ -69,7 +69,7 @@ class SSLMethod(nn.Module):
 
     def param_groups(self, student: nn.Module) -> list[dict]:
         """Optimizer parameter groups (regularised first); DINO's rule by default."""
-        from ..engine.optim import get_params_groups
+        from ..utils.params import get_params_groups
         return get_params_groups(student)
 
     # ----- EMA teacher ------------------------------------------------------------------------
