@@ -117,8 +117,10 @@ def build(args, device, original: bool):
     for g in opt.param_groups:
         g["lr"] = 1e-4
     amp_dtype = select_amp_dtype(device, args.use_fp16, args.amp_dtype)
+    if hasattr(method, "freeze_last_layer"):
+        method.freeze_last_layer = 0  # time the steady state: the prototype layer trains too
     step = TrainStep(method, method.student, opt, device=device, amp_dtype=amp_dtype, clip_grad=args.clip_grad,
-                     freeze_last_layer=0, clip_fn=clip_gradients_original if original else clip_gradients)
+                     clip_fn=clip_gradients_original if original else clip_gradients)
     return method, step
 
 

@@ -79,6 +79,9 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tf32", default=True, type=bool_flag,
                    help="let fp32 matmuls/convolutions on GPU use TF32 tensor cores (the fp32 islands, "
                         "--use_fp16 false); false = full fp32")
+    p.add_argument("--val_freq", default=1, type=int,
+                   help="run the method's validation (if it has one) every N epochs and at the last; the best "
+                        "epoch is also saved as checkpoint_best.pth")
     p.add_argument("--max_bad_steps", default=3, type=int,
                    help="a non-finite loss or gradient skips the update; stop after this many in a row "
                         "(the last good checkpoint is kept)")

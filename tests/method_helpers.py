@@ -19,20 +19,33 @@ def build_method(flags):
     return cls(args), args
 
 
-def train_on_fixed_batch(m, batch, steps, lr=1e-3, check_extra=None):
-    """AdamW steps + EMA (momentum 0.9) on one batch; returns the losses. ``check_extra`` is called
-    on each step's logged dict."""
+def train_on_fixed_batch(m, batch, steps, lr=1e-3, check_extra=None, epoch=None, labels=None):
+    """AdamW steps + EMA (momentum 0.9) on one batch through the engine's step function (no
+    clipping; ``epoch`` defaults to the first one past the last-layer freeze); returns the losses
+    (the optimised loss, before the step). ``check_extra`` is called on each step's logged dict."""
+    import torch
+    from ssvit.engine.step import TrainStep
     opt = build_optimizer("adamw", m.param_groups(m.student))
     for g in opt.param_groups:
         g["lr"] = lr
+    step = TrainStep(m, m.student, opt, device=torch.device("cpu"))
+    epoch = getattr(m, "freeze_last_layer", 0) if epoch is None else epoch
     losses = []
-    for _ in range(steps):
-        loss, extra = m.training_step(m.student, batch, 0)
+    for i in range(steps):
+        seen = {}
+        orig = m.training_step
+
+        def spy(*a, **k):
+            loss, extra = orig(*a, **k)
+            seen["loss"], seen["extra"] = loss.item(), dict(extra)
+            return loss, extra
+        m.training_step = spy
+        try:
+            r = step(batch, epoch, i, 0.9, labels=labels)
+        finally:
+            del m.training_step
+        assert r.stepped, "the step was skipped (non-finite loss)"
         if check_extra is not None:
-            check_extra(extra)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.update_teacher(0.9)
-        losses.append(loss.item())
+            check_extra(seen["extra"])
+        losses.append(seen["loss"])
     return losses

@@ -133,8 +133,8 @@ def _nan_after(monkeypatch, bad_calls):
     orig = DINO.training_step
     calls = {"n": 0}
 
-    def step(self, student, images, epoch, it=0):
-        loss, extra = orig(self, student, images, epoch, it)
+    def step(self, student, images, epoch, it=0, **kw):
+        loss, extra = orig(self, student, images, epoch, it, **kw)
         n = calls["n"]
         calls["n"] += 1
         return (loss * float("nan") if n in bad_calls else loss), extra
@@ -324,7 +324,7 @@ def test_read_only_output_dir_is_one_line(tmp_path):
 
 
 def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    import ssvit.engine.checkpoint as ck
+    import ssvit.utils.checkpoint as ck
     out = tmp_path / "r"
     assert _main(TINY + ["--epochs", "1", "--output_dir", str(out)]) == 0
     before = (out / "checkpoint.pth").read_bytes()

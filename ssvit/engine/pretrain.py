@@ -32,8 +32,7 @@ from ..methods import SSLMethod, get_method
 from ..objectives import cosine_scheduler
 from ..utils.distributed import all_reduce_flags
 from ..utils.precision import select_amp_dtype
-from .checkpoint import (CheckpointError, add_prefix, load_checkpoint, load_state_checked, save_atomic,
-                         set_rng_state, strip_prefixes, torch_rng_state)
+from ..utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_rng_state, torch_rng_state
 from .distributed import DistInfo, barrier, init_distributed
 from .metrics import MetricLogger, Progress
 from .optim import build_optimizer
@@ -73,32 +72,17 @@ def validate_args(args: argparse.Namespace) -> None:
     need(args.batch_size_per_gpu >= 1, f"--batch_size_per_gpu must be >= 1, got {args.batch_size_per_gpu}")
     need(args.lr >= 0, f"--lr must be >= 0, got {args.lr}")
     need(args.num_workers >= 0, f"--num_workers must be >= 0, got {args.num_workers}")
-    need(0 <= args.momentum_teacher <= 1, f"--momentum_teacher must be in [0, 1], got {args.momentum_teacher}")
-    need(args.teacher_temp > 0 and args.warmup_teacher_temp > 0, "teacher temperatures must be > 0")
     need(args.patch_size >= 1, f"--patch_size must be >= 1, got {args.patch_size}")
     need(args.accum_iter >= 1, f"--accum_iter must be >= 1, got {args.accum_iter}")
     need(args.drop_path_rate is None or 0 <= args.drop_path_rate < 1, f"--drop_path_rate must be in [0, 1), got {args.drop_path_rate}")
     for name in ("clip_grad", "max_iters", "saveckp_freq", "save_every_iters", "save_every_minutes"):
         need(getattr(args, name) >= 0, f"--{name} must be >= 0, got {getattr(args, name)}")
     need(args.max_bad_steps >= 1, f"--max_bad_steps must be >= 1, got {args.max_bad_steps}")
-    for name in ("global_crops_scale", "local_crops_scale"):
-        v = getattr(args, name)
-        need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
-    from ..models.esvit_config import is_multistage
-    # --patch_size is a ViT flag; Swin / CvT / ViL take any crop size
-    for name in () if is_multistage(args.arch) else ("global_crops_size", "local_crops_size"):
-        for v in (getattr(args, name) if isinstance(getattr(args, name), (list, tuple)) else [getattr(args, name)]):
-            need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
-            need(v % args.patch_size == 0, f"--{name} ({v}) must be a multiple of --patch_size ({args.patch_size}): "
-                 "the patch embedding would drop the remaining pixels")
-    need(args.warmup_epochs >= 0 and args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")
+    need(args.warmup_epochs >= 0, "warm-up epochs must be >= 0")
+    need(args.val_freq >= 1, f"--val_freq must be >= 1, got {args.val_freq}")
     if args.warmup_epochs > args.epochs:
         warnings.warn(f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}: clamped to {args.epochs}")
         args.warmup_epochs = args.epochs
-    if args.warmup_teacher_temp_epochs > args.epochs:
-        warnings.warn(f"--warmup_teacher_temp_epochs {args.warmup_teacher_temp_epochs} exceeds --epochs "
-                      f"{args.epochs}: clamped to {args.epochs}")
-        args.warmup_teacher_temp_epochs = args.epochs
 
 
 # flags whose change between the checkpointed run and the resuming one is reported (warning +
@@ -132,7 +116,7 @@ class Trainer:
         base = build_dataset(args.dataset, args.data_path, train=True, download=args.download,
                              on_bad_image=args.on_bad_image, synthetic_size=args.synthetic_size,
                              synthetic_image_size=DATASET_INFO["synthetic"].image_size)
-        self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed)
+        self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed, with_index=True)
         self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size,
                                                    rank=self.dist.rank, shuffle=True, seed=args.seed)
         self.niter_per_ep = self.sampler.num_samples // args.batch_size_per_gpu
@@ -164,8 +148,7 @@ class Trainer:
                                          fused=self.device.type == "cuda")
         self.amp_dtype = select_amp_dtype(self.device, args.use_fp16, args.amp_dtype)
         self.step = TrainStep(self.method, self.student_ddp, self.optimizer, device=self.device,
-                              amp_dtype=self.amp_dtype, clip_grad=args.clip_grad,
-                              freeze_last_layer=args.freeze_last_layer, accum_iter=args.accum_iter)
+                              amp_dtype=self.amp_dtype, clip_grad=args.clip_grad, accum_iter=args.accum_iter)
         self.scaler = self.step.scaler
 
         # ---------------- schedules (per iteration; teacher temperature is per epoch, in the loss)
@@ -174,7 +157,8 @@ class Trainer:
         self.lr_schedule = cosine_scheduler(args.lr * bs_total / 256.0, args.min_lr, args.epochs,
                                             self.niter_per_ep, warmup_epochs=args.warmup_epochs)
         self.wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, self.niter_per_ep)
-        self.momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, self.niter_per_ep)
+        self.momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, self.niter_per_ep) \
+            if self.method.has_ema_teacher else None
 
         self.start_epoch, self.start_iter = 0, 0
         self.tb = None
@@ -182,6 +166,7 @@ class Trainer:
         self.bad_in_a_row = 0
         self.interrupted = False
         self.last_batch = None
+        self.best: Optional[float] = None  # the method's best_metric so far (checkpoint_best.pth)
 
     # ------------------------------------------------------------------ files
     def checkpoint_path(self, name: str = "checkpoint.pth") -> str:
@@ -232,14 +217,11 @@ class Trainer:
         """DINO's layout (student with ``module.``, teacher, optimizer, epoch, args, <loss_key>,
         fp16_scaler) plus ``iter_in_epoch`` and ``rng`` for exact resume. ``epoch`` is the epoch
         to (re)start; ``iter_in_epoch`` the iterations of it already done."""
-        teacher_prefix = "module." if self.method.teacher_has_batchnorm() else ""
         state = {
-            "student": add_prefix(self.method.student.state_dict(), "module."),
-            "teacher": add_prefix(self.method.teacher.state_dict(), teacher_prefix),
+            **self.method.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch,
             "args": self.args,
-            self.method.loss_key: self.method.criterion.state_dict(),
             "iter_in_epoch": iter_in_epoch,
             "niter_per_ep": self.niter_per_ep,
             "world_size": self.dist.world_size,
@@ -248,12 +230,15 @@ class Trainer:
         }
         if self.scaler is not None:
             state["fp16_scaler"] = self.scaler.state_dict()
-        state.update(self.method.extra_checkpoint_state())
+        if self.best is not None:
+            state["best_metric"] = {"name": self.method.best_metric, "value": self.best}
         return state
 
     def nonfinite_tensors(self) -> list[str]:
         bad = []
-        for what, net in (("student", self.method.student), ("teacher", self.method.teacher)):
+        nets = [("student", self.method.student)] + ([("teacher", self.method.teacher)]
+                                                      if self.method.has_ema_teacher else [])
+        for what, net in nets:
             for name, t in net.state_dict().items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     bad.append(f"{what}.{name}")
@@ -318,29 +303,25 @@ class Trainer:
             self.append_log({"resume_changes": changes, "epoch": self.start_epoch, "iter_in_epoch": self.start_iter})
 
     def maybe_resume(self) -> None:
-        load_from = getattr(self.args, "load_from", None)
-        path = self.checkpoint_path(load_from) if load_from else self.checkpoint_path()
-        if load_from and not os.path.isfile(path):
-            raise CheckpointError(f"--load_from: '{path}' does not exist")
-        if not os.path.isfile(path):
-            init = getattr(self.args, "pretrained_weights_ckpt", "")  # EsViT: start from another run's checkpoint
-            if not init:
-                return
-            if not os.path.isfile(init):
-                raise CheckpointError(f"--pretrained_weights_ckpt: '{init}' does not exist")
-            path = init
+        path = self.method.resume_source(self.args, self.args.output_dir)
+        if path is None:
+            return
         ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or "student" not in ckpt or "teacher" not in ckpt:
-            raise CheckpointError(f"'{path}' is not a training checkpoint (no 'student' / 'teacher' entries)")
+        if not isinstance(ckpt, dict):
+            raise CheckpointError(f"'{path}' is not a training checkpoint")
         saved_method = ckpt.get("method")  # absent in the original repos' checkpoints
         if saved_method is not None and saved_method != self.method.name:
             raise CheckpointError(f"'{path}' was written by method '{saved_method}', this run is "
                                   f"'{self.method.name}': use another --output_dir")
-        load_state_checked(self.method.student, strip_prefixes(ckpt["student"], ("module.",)), "student")
-        load_state_checked(self.method.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), "teacher")
+        try:
+            self.method.load_checkpoint_state(ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"'{path}': {e}") from e
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"'{path}' is not a training checkpoint (no 'optimizer' entry)")
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.method.loss_key in ckpt:
-            self.method.criterion.load_state_dict(ckpt[self.method.loss_key])
+        if isinstance(ckpt.get("best_metric"), dict):
+            self.best = ckpt["best_metric"].get("value")
         if self.scaler is not None and "fp16_scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["fp16_scaler"])
         self.start_epoch = int(ckpt["epoch"])
@@ -358,6 +339,17 @@ class Trainer:
         print(f"Resumed from {path}: epoch {self.start_epoch}, iteration {self.start_iter} of {self.niter_per_ep}")
 
     # ------------------------------------------------------------------ training
+    def set_schedules(self, it: int) -> None:
+        """lr and weight decay of iteration ``it`` into every parameter group, times the group's
+        ``lr_scale`` / ``wd_scale``; a group without ``wd_scale`` keeps its weight decay, except the
+        first (DINO's rule: the regularised group follows the schedule, the others stay at 0)."""
+        for j, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = self.lr_schedule[it] * group["lr_scale"] if "lr_scale" in group else self.lr_schedule[it]
+            if "wd_scale" in group:
+                group["weight_decay"] = self.wd_schedule[it] * group["wd_scale"]
+            elif j == 0:
+                group["weight_decay"] = self.wd_schedule[it]
+
     def train_one_epoch(self, epoch: int, stop: StopRequest) -> tuple[dict, bool]:
         """Returns the epoch's averaged stats and whether it was interrupted before its end."""
         args, optimizer = self.args, self.optimizer
@@ -373,18 +365,16 @@ class Trainer:
         k = args.accum_iter  # gradient accumulation (SERE's --accum_iter): one step every k iterations
         bad_steps = 0
         optimizer.zero_grad(set_to_none=True)
-        for i, (batch, _) in enumerate(loader, start=self.start_iter):
+        for i, (batch, labels, index) in enumerate(loader, start=self.start_iter):
             if i >= self.niter_per_ep:
                 break
             it = self.niter_per_ep * epoch + i
             if i % k == 0:
-                for j, group in enumerate(optimizer.param_groups):
-                    group["lr"] = self.lr_schedule[it]
-                    if j == 0:
-                        group["weight_decay"] = self.wd_schedule[it]
-            batch = to_device(batch, self.device)
+                self.set_schedules(it)
+            batch, labels, index = to_device((batch, labels, index), self.device)
             self.last_batch = batch
-            r = self.step(batch, epoch, i, float(self.momentum_schedule[it]), stop.requested)
+            momentum = float(self.momentum_schedule[it]) if self.momentum_schedule is not None else 0.0
+            r = self.step(batch, epoch, i, momentum, stop.requested, labels=labels, index=index)
             now = time.time()
             if r.skipped:
                 bad_steps += 1
@@ -466,14 +456,19 @@ class Trainer:
                 stats.update(self.method.collapse_stats(self.last_batch))
                 for msg in self.method.collapse_warnings(stats):
                     warnings.warn(f"epoch {epoch}: {msg}")
-                extra = ()
-                if args.saveckp_freq and epoch % args.saveckp_freq == 0 and \
-                        (epoch > 0 or not self.method.numbered_checkpoint_skips_epoch0):
-                    extra = (f"checkpoint{epoch:04}.pth",)
+                extra = (f"checkpoint{epoch:04}.pth",) if self.method.numbered_checkpoint(epoch, args.saveckp_freq) else ()
                 bad = self.dataset.bad_images
                 log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch}
                 if bad:
                     log_stats["bad_images_skipped"] = bad
+                if (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs:
+                    metrics = self.method.validate(epoch)
+                    if metrics:
+                        log_stats.update({f"val_{k}": v for k, v in metrics.items()})
+                        if self.track_best(metrics):
+                            extra = extra + ("checkpoint_best.pth",)
+                        if self.best is not None:
+                            log_stats[f"best_{self.method.best_metric}"] = self.best
                 self.save(epoch + 1, 0, extra, epoch_log=log_stats)
                 self.append_log(log_stats)
                 if self.tb is not None:
@@ -492,6 +487,17 @@ class Trainer:
         print(f"Training time {int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}")
         stop.forward()  # e.g. submitit's requeue, now that the checkpoint is written
         return stats
+
+    def track_best(self, metrics: dict) -> bool:
+        """Update the best value of the method's ``best_metric``; True when this epoch improved it."""
+        name = self.method.best_metric
+        if name is None or name not in metrics:
+            return False
+        value = float(metrics[name])
+        better = self.best is None or (value > self.best if self.method.best_mode == "max" else value < self.best)
+        if better:
+            self.best = value
+        return better
 
     def budget_spent(self) -> bool:
         return bool(self.args.max_iters) and self.iters_this_run >= self.args.max_iters

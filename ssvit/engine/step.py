@@ -2,8 +2,10 @@
 
 Order (facebookresearch/dino ``train_one_epoch``, training spec §1): forward + loss under autocast,
 the loss read on the host (logging and the finiteness check, as the originals), backward (through
-the GradScaler with fp16), then on the stepping iteration of an accumulation window: unscale,
-per-parameter clipping, last-layer gradient cancelling, optimizer step, EMA teacher update.
+the GradScaler with fp16), then on the stepping iteration of an accumulation window: the gradients
+of the task's parameters outside the (DDP) student averaged over ranks, unscale, per-parameter
+clipping, the method's ``after_backward`` (DINO: last-layer gradient cancelling), optimizer step,
+EMA teacher update.
 
 Beyond the originals, a non-finite loss (or, in fp32, a non-finite gradient) does not end the run:
 the update is skipped on every rank (the ranks agree with one all-reduce that also carries the
@@ -18,9 +20,9 @@ from typing import Any, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..utils.distributed import all_reduce_flags
+from ..utils.distributed import all_reduce_flags, collective_device, is_dist
+from ..utils.params import clip_gradients
 from ..utils.precision import autocast
-from ..utils.params import cancel_gradients_last_layer, clip_gradients
 
 
 class StepResult(NamedTuple):
@@ -39,23 +41,23 @@ class TrainStep:
 
     def __init__(self, method: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer, *,
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None, clip_grad: float = 0.0,
-                 freeze_last_layer: int = 0, accum_iter: int = 1, agree_every_step: bool = True,
-                 clip_fn=clip_gradients):
+                 accum_iter: int = 1, agree_every_step: bool = True, clip_fn=clip_gradients):
         self.method, self.student, self.optimizer = method, student, optimizer
         self.device, self.amp_dtype = device, amp_dtype
-        self.clip_grad, self.freeze_last_layer, self.accum_iter = clip_grad, freeze_last_layer, accum_iter
+        self.clip_grad, self.accum_iter = clip_grad, accum_iter
         self.agree = agree_every_step
         self.clip_fn = clip_fn  # scripts/benchmark.py --compare_original swaps in the original's loop
         self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 
-    def __call__(self, batch: Any, epoch: int, i: int, momentum: float, stop_requested: bool = False) -> StepResult:
+    def __call__(self, batch: Any, epoch: int, i: int, momentum: float, stop_requested: bool = False,
+                 labels: Any = None, index: Any = None) -> StepResult:
         method, opt, k = self.method, self.optimizer, self.accum_iter
         step_now = (i + 1) % k == 0
         sync = self.student.no_sync() if (self.ddp and not step_now) else contextlib.nullcontext()
         with sync:
             with autocast(self.device, self.amp_dtype):
-                loss, extra = method.training_step(self.student, batch, epoch, i)
+                loss, extra = method.training_step(self.student, batch, epoch, i, labels=labels, index=index)
             loss_value = loss.item()
             bad = not math.isfinite(loss_value)
             if self.agree:
@@ -74,6 +76,8 @@ class TrainStep:
         logged = float(extra.pop("loss")) if "loss" in extra else loss_value
         if not step_now:
             return StepResult(logged, extra, False, False, stop)
+        if self.ddp:
+            self.average_extra_gradients()
         norms = None
         if self.scaler is not None and self.clip_grad:
             self.scaler.unscale_(opt)
@@ -85,7 +89,7 @@ class TrainStep:
             # all-reduced, so every rank sees the same and skips together). fp16: the scaler skips.
             opt.zero_grad(set_to_none=True)
             return StepResult(logged, extra, False, True, stop)
-        cancel_gradients_last_layer(epoch, method.student, self.freeze_last_layer)
+        method.after_backward(epoch)
         if self.scaler is None:
             opt.step()
         else:
@@ -94,3 +98,19 @@ class TrainStep:
         opt.zero_grad(set_to_none=True)
         method.update_teacher(momentum)
         return StepResult(logged, extra, True, False, stop)
+
+    def average_extra_gradients(self) -> None:
+        """DDP all-reduces the student's gradients only: average those of the task's other
+        trainable parameters (e.g. learned loss weights) over the ranks, in one all-reduce."""
+        params = [p for _, p in self.method.extra_parameters() if p.grad is not None]
+        if not params or not is_dist():
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(collective_device())
+        torch.distributed.all_reduce(flat)
+        flat = flat.to(params[0].grad.device) / torch.distributed.get_world_size()
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+

@@ -8,7 +8,9 @@ register it, and add a config -- never a copy of the loop.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+import os
+import warnings
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -35,18 +37,30 @@ def list_methods() -> list[str]:
 
 
 class SSLMethod(nn.Module):
-    """Holds ``student`` (trained), ``teacher`` (EMA, no grad) and ``criterion`` (the loss module,
-    whose state -- e.g. centers -- is checkpointed under ``loss_key``)."""
+    """A training task in the spirit of timm's ``TrainingTask``: ``student`` (trained), an optional
+    EMA ``teacher`` (``has_ema_teacher``; no momentum schedule and no checkpoint entry without one)
+    and ``criterion`` (the loss module, whose state -- e.g. centers -- is checkpointed under
+    ``loss_key``). Every trainable parameter of the task except the teacher's is optimised: the
+    student's and any outside it (e.g. learned loss weights on the criterion).
+
+    The engine calls, in this order: ``check_args`` (class), the constructor, ``resume_source``,
+    ``load_checkpoint_state``; per iteration ``training_step`` then, after backward,
+    ``after_backward``; ``update_teacher``; per epoch ``collapse_stats``, ``validate`` (every
+    ``--val_freq`` epochs), ``numbered_checkpoint``; ``checkpoint_state`` whenever it saves.
+    """
 
     name: str = ""
     loss_key: str = "loss"
+    #: the method keeps an EMA teacher updated by the engine after each optimizer step
+    has_ema_teacher: bool = True
     #: DDP must look for parameters without gradient (e.g. SERE's local heads left unused)
     ddp_find_unused_parameters: bool = False
-    #: iBOT / SERE write ``checkpointNNNN.pth`` only for epochs > 0 (DINO also at epoch 0)
-    numbered_checkpoint_skips_epoch0: bool = False
+    #: name of the ``validate`` metric that selects ``checkpoint_best.pth`` (None: no best checkpoint)
+    best_metric: Optional[str] = None
+    best_mode: str = "max"
 
     student: nn.Module
-    teacher: nn.Module
+    teacher: Optional[nn.Module]
     criterion: nn.Module
 
     @classmethod
@@ -60,17 +74,89 @@ class SSLMethod(nn.Module):
     def build_transform(self, args: argparse.Namespace) -> Callable:
         raise NotImplementedError
 
-    def training_step(self, student: nn.Module, batch: Any, epoch: int, it: int = 0) -> tuple[torch.Tensor, dict]:
+    def training_step(self, student: nn.Module, batch: Any, epoch: int, it: int = 0, labels=None,
+                      index=None) -> tuple[torch.Tensor, dict]:
         """Forward teacher and ``student`` (possibly DDP-wrapped) on one batch (what the transform
-        returned, collated and moved to the device); ``it`` is the iteration within the epoch.
-        Return the loss to optimise and a dict of extra floats to log (a ``loss`` entry there
-        replaces the logged value, as SERE logs its iBOT part only)."""
+        returned, collated and moved to the device); ``it`` is the iteration within the epoch,
+        ``labels`` the dataset's targets and ``index`` the sample indices of the batch (both on the
+        device). Return the loss to optimise and a dict of extra floats to log (a ``loss`` entry
+        there replaces the logged value, as SERE logs its iBOT part only)."""
         raise NotImplementedError
 
+    # ----- optimisation -----------------------------------------------------------------------
+    def extra_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters of the task outside the student and the teacher (e.g. SiT's learned
+        uncertainty weights on the criterion). The engine optimises them and, under DDP,
+        averages their gradients over the ranks."""
+        return [(n, p) for n, p in self.named_parameters()
+                if p.requires_grad and not n.startswith(("student.", "teacher."))]
+
     def param_groups(self, student: nn.Module) -> list[dict]:
-        """Optimizer parameter groups (regularised first); DINO's rule by default."""
+        """Optimizer parameter groups (regularised first): DINO's rule over the student, then the
+        extra parameters by the same rule. A group may carry ``lr_scale`` / ``wd_scale`` (the
+        schedules' values are multiplied by them); a group without ``wd_scale`` keeps its own
+        weight decay, except the first, which follows the weight-decay schedule."""
         from ..utils.params import get_params_groups
-        return get_params_groups(student)
+        groups = get_params_groups(student)
+        extra = self.extra_parameters()
+        if extra:
+            holder = nn.ParameterDict({n.replace(".", "__"): p for n, p in extra})
+            for g in get_params_groups(holder):
+                if g["params"]:
+                    groups.append({**g, "wd_scale": 1.0 if "weight_decay" not in g else 0.0})
+        return groups
+
+    def after_backward(self, epoch: int) -> None:
+        """Gradient handling between backward (and clipping) and the optimizer step."""
+
+    # ----- engine hooks -----------------------------------------------------------------------
+    def resume_source(self, args: argparse.Namespace, output_dir: str) -> Optional[str]:
+        """The checkpoint to start from, or None: ``output_dir/checkpoint.pth`` when it exists."""
+        path = os.path.join(output_dir, "checkpoint.pth")
+        return path if os.path.isfile(path) else None
+
+    def numbered_checkpoint(self, epoch: int, saveckp_freq: int) -> bool:
+        """Write ``checkpointNNNN.pth`` at the end of ``epoch`` (DINO: every ``saveckp_freq`` epochs, 0 included)."""
+        return bool(saveckp_freq) and epoch % saveckp_freq == 0
+
+    def validate(self, epoch: int) -> Optional[dict]:
+        """Validation metrics of the epoch (every ``--val_freq`` epochs), or None: no validation."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """This task's entries of the training checkpoint (the originals' layout: ``student`` with
+        ``module.``, ``teacher`` -- with ``module.`` when it has BatchNorm --, ``<loss_key>``)."""
+        from ..utils.checkpoint import add_prefix
+        state = {"student": add_prefix(self.student.state_dict(), "module.")}
+        if self.has_ema_teacher:
+            prefix = "module." if self.teacher_has_batchnorm() else ""
+            state["teacher"] = add_prefix(self.teacher.state_dict(), prefix)
+        state[self.loss_key] = self.criterion.state_dict()
+        state.update(self.extra_checkpoint_state())
+        return state
+
+    def load_checkpoint_state(self, ckpt: dict) -> None:
+        """The inverse of ``checkpoint_state`` (strict by name and shape; a missing ``<loss_key>``
+        entry keeps the fresh state, as the originals' ``restart_from_checkpoint``)."""
+        from ..utils.checkpoint import CheckpointError, load_state_checked, strip_prefixes
+        needed = ("student", "teacher") if self.has_ema_teacher else ("student",)
+        missing = [k for k in needed if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"not a training checkpoint of this method (no {' / '.join(repr(k) for k in missing)} "
+                                  "entries)")
+        load_state_checked(self.student, strip_prefixes(ckpt["student"], ("module.",)), "student")
+        if self.has_ema_teacher:
+            load_state_checked(self.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), "teacher")
+        if self.loss_key in ckpt:
+            self.criterion.load_state_dict(ckpt[self.loss_key])
+        self.load_extra_checkpoint_state(ckpt)
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """Further top-level checkpoint entries of the method (restored by ``load_extra_checkpoint_state``)."""
+        return {}
+
+    def load_extra_checkpoint_state(self, ckpt: dict) -> None:
+        """Restore what ``extra_checkpoint_state`` saved."""
 
     # ----- EMA teacher ------------------------------------------------------------------------
     def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -84,16 +170,19 @@ class SSLMethod(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """theta_t <- m * theta_t + (1 - m) * theta_s for every pair (buffers untouched)."""
+        """theta_t <- m * theta_t + (1 - m) * theta_s for every pair (buffers untouched); nothing
+        without an EMA teacher."""
+        if not self.has_ema_teacher:
+            return
         t, s = self.ema_pairs()
+        if not t:
+            return
         torch._foreach_mul_(t, momentum)
         torch._foreach_add_(t, torch._foreach_mul(s, 1.0 - momentum))
 
     def teacher_has_batchnorm(self) -> bool:
-        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.teacher.modules())
-
-    def extra_checkpoint_state(self) -> dict[str, Any]:
-        return {}
+        return self.has_ema_teacher and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.teacher.modules())
 
     # ----- collapse monitors (EMA-teacher methods) ---------------------------------------------
     def observe_teacher(self, cls_logits: torch.Tensor, epoch: int) -> None:
@@ -132,3 +221,48 @@ class SSLMethod(nn.Module):
     def collapse_warnings(self, stats: dict) -> list[str]:
         from .collapse import collapse_warnings
         return collapse_warnings(stats)
+
+
+class DINOFamily(SSLMethod):
+    """Shared behaviour of the self-distillation methods (DINO, iBOT, SERE, EsViT): teacher
+    temperature checks, multi-crop sizes, last-layer freezing."""
+
+    @classmethod
+    def check_args(cls, args):
+        check_self_distillation_args(args)
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        self.freeze_last_layer = args.freeze_last_layer
+
+    def after_backward(self, epoch: int) -> None:
+        from ..utils.params import cancel_gradients_last_layer
+        cancel_gradients_last_layer(epoch, self.student, self.freeze_last_layer)
+
+
+def check_self_distillation_args(args: argparse.Namespace, patch_rule: bool = True) -> None:
+    """Flags of the self-distillation methods: EMA momentum, teacher temperatures (a warm-up longer
+    than the run is clamped, with a warning), and crops that
+    are at least -- and a multiple of -- the ViT patch (``patch_rule``; multi-stage backbones take
+    any crop size)."""
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(msg)
+    need(0 <= args.momentum_teacher <= 1, f"--momentum_teacher must be in [0, 1], got {args.momentum_teacher}")
+    need(args.teacher_temp > 0 and args.warmup_teacher_temp > 0, "teacher temperatures must be > 0")
+    need(args.warmup_teacher_temp_epochs >= 0, "warm-up epochs must be >= 0")
+    if args.warmup_teacher_temp_epochs > args.epochs:
+        warnings.warn(f"--warmup_teacher_temp_epochs {args.warmup_teacher_temp_epochs} exceeds --epochs "
+                      f"{args.epochs}: clamped to {args.epochs}")
+        args.warmup_teacher_temp_epochs = args.epochs
+    for name in ("global_crops_scale", "local_crops_scale"):
+        v = getattr(args, name)
+        need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"--{name} takes two values 0 < min <= max <= 1, got {list(v)}")
+    if not patch_rule:
+        return
+    for name in ("global_crops_size", "local_crops_size"):
+        value = getattr(args, name)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            need(v >= args.patch_size, f"--{name} ({v}) must be at least --patch_size ({args.patch_size})")
+            need(v % args.patch_size == 0, f"--{name} ({v}) must be a multiple of --patch_size ({args.patch_size}): "
+                 "the patch embedding would drop the remaining pixels")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..data.transforms import DataAugmentationDINO
 from ..models import DINOHead, MultiCropWrapper, create_backbone
 from ..objectives import DINOLoss
-from .base import SSLMethod, register_method
+from .base import DINOFamily, check_self_distillation_args, register_method
 
 
 def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module:
@@ -22,11 +22,11 @@ def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module
 
 
 @register_method("dino")
-class DINO(SSLMethod):
+class DINO(DINOFamily):
     loss_key = "dino_loss"
 
     def __init__(self, args: argparse.Namespace):
-        super().__init__()
+        super().__init__(args)
         student, teacher = self.build_backbones(args)
         embed_dim = student.embed_dim
         head_kw = dict(nlayers=args.head_nlayers, hidden_dim=args.head_hidden_dim,
@@ -50,6 +50,7 @@ class DINO(SSLMethod):
 
     @classmethod
     def check_args(cls, args):
+        check_self_distillation_args(args)
         if args.out_dim < 1:
             raise ValueError(f"--out_dim must be positive, got {args.out_dim}")
         if args.local_crops_number < 0:
@@ -59,7 +60,7 @@ class DINO(SSLMethod):
         return DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
                                     args.global_crops_size, args.local_crops_size)
 
-    def training_step(self, student, images, epoch, it=0):
+    def training_step(self, student, images, epoch, it=0, labels=None, index=None):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_output = student(images)
         self.observe_teacher(teacher_output, epoch)

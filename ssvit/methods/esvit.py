@@ -8,6 +8,7 @@ layout (backbone keys, ``head.*``, ``head_dense.*``); loss ``DDINOLoss`` with
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from ..models import DINOHead, create_backbone
 from ..models.esvit_config import backbone_kwargs_from_cfg, is_multistage, load_esvit_config
 from ..models.esvit_wrapper import EsViTWrapper
 from ..objectives import DDINOLoss, DINOLoss
-from .base import SSLMethod, register_method
+from .base import DINOFamily, check_self_distillation_args, register_method
 
 AUG_OPTS = ("dino_aug", "deit_aug")
 
@@ -110,11 +111,11 @@ class DataAugmentationDeiT:
 
 
 @register_method("esvit")
-class EsViT(SSLMethod):
+class EsViT(DINOFamily):
     loss_key = "dino_loss"
 
     def __init__(self, args: argparse.Namespace):
-        super().__init__()
+        super().__init__(args)
         self.use_dense = bool(args.use_dense_prediction)
         student, teacher = self.build_backbones(args)
         dim = student.num_features
@@ -167,6 +168,7 @@ class EsViT(SSLMethod):
     def check_args(cls, args):
         args.local_crops_number = _as_list(args.local_crops_number)
         args.local_crops_size = _as_list(args.local_crops_size)
+        check_self_distillation_args(args, patch_rule=not is_multistage(args.arch))
         if args.out_dim < 1:
             raise ValueError(f"--out_dim must be positive, got {args.out_dim}")
         if any(n < 0 for n in args.local_crops_number):
@@ -223,7 +225,16 @@ class EsViT(SSLMethod):
             targets.append(t)
         return out, targets
 
-    def training_step(self, student, images, epoch, it=0):
+    def resume_source(self, args, output_dir):
+        path = super().resume_source(args, output_dir)
+        if path is None and args.pretrained_weights_ckpt:  # EsViT: start from another run's checkpoint
+            if not os.path.isfile(args.pretrained_weights_ckpt):
+                from ..utils.checkpoint import CheckpointError
+                raise CheckpointError(f"--pretrained_weights_ckpt: '{args.pretrained_weights_ckpt}' does not exist")
+            return args.pretrained_weights_ckpt
+        return path
+
+    def training_step(self, student, images, epoch, it=0, labels=None, index=None):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
         student_input, targets = self.mix_student_views(list(images))
         student_output = student(student_input)

@@ -8,6 +8,7 @@ the masked global crops and (separately, unmasked) the local crops.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn as nn
@@ -16,9 +17,10 @@ from ..config import bool_flag
 from ..data.masking import MaskedCrops, MaskGenerator
 from ..data.transforms import DataAugmentationiBOT
 from ..models import MultiCropWrapper, create_backbone
+from ..models.esvit_config import is_multistage
 from ..models.ibot_head import iBOTHead
 from ..objectives import iBOTLoss
-from .base import SSLMethod, register_method
+from .base import DINOFamily, check_self_distillation_args, register_method
 
 
 def add_ibot_args(parser: argparse.ArgumentParser) -> None:
@@ -66,12 +68,11 @@ def check_ibot_args(args: argparse.Namespace) -> None:
 
 
 @register_method("ibot")
-class iBOT(SSLMethod):
+class iBOT(DINOFamily):
     loss_key = "ibot_loss"
-    numbered_checkpoint_skips_epoch0 = True
 
     def __init__(self, args: argparse.Namespace):
-        super().__init__()
+        super().__init__(args)
         self.global_crops_number = args.global_crops_number
         self.local_crops_number = args.local_crops_number
         student_bb, teacher_bb = self.build_backbones(args)
@@ -116,7 +117,20 @@ class iBOT(SSLMethod):
 
     @classmethod
     def check_args(cls, args):
+        check_self_distillation_args(args, patch_rule=not is_multistage(args.arch))
         check_ibot_args(args)
+
+    def numbered_checkpoint(self, epoch, saveckp_freq):
+        return epoch > 0 and super().numbered_checkpoint(epoch, saveckp_freq)  # iBOT / SERE: not at epoch 0
+
+    def resume_source(self, args, output_dir):
+        if args.load_from:  # iBOT's --load_from: resume from output_dir/LOAD_FROM
+            path = os.path.join(output_dir, args.load_from)
+            if not os.path.isfile(path):
+                from ..utils.checkpoint import CheckpointError
+                raise CheckpointError(f"--load_from: '{path}' does not exist")
+            return path
+        return super().resume_source(args, output_dir)
 
     def mask_patch_size(self, args) -> int:
         # iBOT masks Swin on its 32-px final-stage grid (patch_size * 8), ViTs on the patch grid
@@ -140,7 +154,7 @@ class iBOT(SSLMethod):
         pred2 = student_cls.chunk(ngcrops)[1].argmax(dim=1)
         return (pred1 == pred2).float().mean().item()
 
-    def training_step(self, student, batch, epoch, it=0):
+    def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, masks = batch
         G = self.global_crops_number
         teacher_output = self.teacher(crops[:G])

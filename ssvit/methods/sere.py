@@ -119,7 +119,7 @@ class iBOTSERE(SERETerms, iBOT):
     def param_groups(self, student):
         return sere_param_groups(student)
 
-    def training_step(self, student, batch, epoch, it=0):
+    def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, masks = batch["crops"], batch["masks"]
         grid1, grid2 = batch["grid1"], batch["grid2"]
         L = len(crops) - 2
@@ -151,7 +151,7 @@ class DINOSERE(SERETerms, DINO):
     def build_transform(self, args):
         return self.sere_transform(args)
 
-    def training_step(self, student, batch, epoch, it=0):
+    def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
         L = len(crops) - 2
         t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
