@@ -14,6 +14,7 @@ from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.utils.distributed import collective_device  # noqa: E402
+import toy_methods  # noqa: E402,F401  (the toy tasks, for the engine-contract tests)
 
 CHECKED = {"n": 0}
 
@@ -47,7 +48,9 @@ if __name__ == "__main__":
     with open(os.path.join(args.output_dir, f"pid{trainer.dist.rank}"), "w") as f:
         f.write(str(os.getpid()))
     trainer.fit()
-    state = {"student": trainer.method.student.state_dict(), "teacher": trainer.method.teacher.state_dict(),
-             "center": trainer.method.criterion.center, "world_size": trainer.dist.world_size,
+    m = trainer.method
+    state = {"student": m.student.state_dict(), "teacher": m.teacher.state_dict() if m.has_ema_teacher else {},
+             "center": getattr(m.criterion, "center", None), "criterion": m.criterion.state_dict(),
+             "world_size": trainer.dist.world_size,
              "collective_tensors_checked": CHECKED["n"], "interrupted": trainer.interrupted}
     torch.save(state, os.path.join(args.output_dir, f"rank{trainer.dist.rank}.pth"))

@@ -93,17 +93,19 @@ class SSLMethod(nn.Module):
 
     def param_groups(self, student: nn.Module) -> list[dict]:
         """Optimizer parameter groups (regularised first): DINO's rule over the student, then the
-        extra parameters by the same rule. A group may carry ``lr_scale`` / ``wd_scale`` (the
+        extra parameters (matrices decayed; biases, vectors and scalars not). A group may carry ``lr_scale`` / ``wd_scale`` (the
         schedules' values are multiplied by them); a group without ``wd_scale`` keeps its own
         weight decay, except the first, which follows the weight-decay schedule."""
         from ..utils.params import get_params_groups
         groups = get_params_groups(student)
         extra = self.extra_parameters()
-        if extra:
-            holder = nn.ParameterDict({n.replace(".", "__"): p for n, p in extra})
-            for g in get_params_groups(holder):
-                if g["params"]:
-                    groups.append({**g, "wd_scale": 1.0 if "weight_decay" not in g else 0.0})
+        # outside the student: matrices decayed, biases / vectors / scalars (loss weights) not
+        decayed = [p for n, p in extra if p.ndim >= 2 and not n.endswith(".bias")]
+        free = [p for n, p in extra if not (p.ndim >= 2 and not n.endswith(".bias"))]
+        if decayed:
+            groups.append({"params": decayed, "wd_scale": 1.0})
+        if free:
+            groups.append({"params": free, "weight_decay": 0.0, "wd_scale": 0.0})
         return groups
 
     def after_backward(self, epoch: int) -> None:

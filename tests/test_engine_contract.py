@@ -1,0 +1,162 @@
+"""The engine's task contract: teacher-less tasks, trainable parameters outside the student, labels
+and indices in training_step, per-group lr / wd scales, the validation hook with
+checkpoint_best.pth, and symmetric checkpoint state."""
+import json
+import os
+
+import pytest
+import torch
+
+import toy_methods  # noqa: F401  (registers the toy tasks)
+from main_pretrain import get_args_parser
+from ssvit.config import parse_with_config
+from ssvit.engine.pretrain import Trainer
+from ssvit.utils.checkpoint import load_checkpoint
+
+TOY = ["--dataset", "synthetic", "--synthetic_size", "40", "--batch_size_per_gpu", "8", "--num_workers", "0",
+       "--tensorboard", "false", "--lr", "0.5", "--optimizer", "sgd", "--warmup_epochs", "0", "--min_lr", "0.5",
+       "--weight_decay", "0", "--weight_decay_end", "0", "--clip_grad", "0", "--print_freq", "100"]
+
+
+def trainer(tmp_path, method="toy_supervised", extra=(), name="r"):
+    argv = TOY + ["--method", method, "--output_dir", str(tmp_path / name), *extra]
+    return Trainer(parse_with_config(get_args_parser(argv), argv))
+
+
+def test_teacherless_task_trains_and_checkpoints_without_a_teacher(tmp_path):
+    t = trainer(tmp_path, extra=["--epochs", "2"])
+    assert t.momentum_schedule is None
+    s0 = {k: v.clone() for k, v in t.method.student.state_dict().items()}
+    t.fit()
+    ck = load_checkpoint(str(tmp_path / "r" / "checkpoint.pth"))
+    assert "teacher" not in ck and {"student", "toy_loss", "optimizer"} <= set(ck)
+    assert any(not torch.equal(s0[k], v) for k, v in t.method.student.state_dict().items())
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and "train_teacher_entropy" not in log[0]
+
+
+def test_extra_parameter_is_optimised_and_its_gradient_cleared(tmp_path):
+    t = trainer(tmp_path, extra=["--epochs", "1"])
+    s = t.method.criterion.log_var
+    assert any(p is s for g in t.optimizer.param_groups for p in g["params"])
+    batch, labels, index = next(iter(torch.utils.data.DataLoader(t.dataset, batch_size=8)))
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(t.method.student(batch), labels).item()
+    t.set_schedules(0)
+    r = t.step(batch, 0, 0, 0.0, labels=labels, index=index)
+    assert r.stepped and s.grad is None  # cleared after the step
+    # d/ds [exp(-s) ce + s] at s = 0 is 1 - ce; SGD (first step, momentum buffer = grad):
+    # s <- -lr * (1 - ce), lr = --lr x batch / 256
+    lr = 0.5 * 8 / 256
+    assert t.optimizer.param_groups[-1]["lr"] == pytest.approx(lr)
+    assert float(s.detach()) == pytest.approx(-lr * (1 - ce), rel=1e-5)
+
+
+def test_labels_and_indices_reach_training_step(tmp_path):
+    t = trainer(tmp_path, extra=["--epochs", "1"])
+    t.fit()
+    seen = t.method.seen_labels
+    assert len(seen) == 5
+    idx = torch.cat([i for _, i in seen])
+    assert sorted(idx.tolist()) == list(range(40))  # one epoch: every sample once
+    base = t.dataset.base
+    for labels, index in seen:
+        assert labels.tolist() == [base[int(i)][1] for i in index]
+
+
+def test_lr_scale_and_wd_scale_reach_the_optimizer(tmp_path):
+    t = trainer(tmp_path, extra=["--epochs", "1", "--weight_decay", "0.1", "--weight_decay_end", "0.1"])
+    g0, g1 = t.optimizer.param_groups[:2]
+    g0["lr_scale"], g1["lr_scale"], g1["wd_scale"] = 0.25, 2.0, 0.5
+    t.set_schedules(0)
+    lr = t.lr_schedule[0]
+    assert g0["lr"] == pytest.approx(0.25 * lr) and g1["lr"] == pytest.approx(2 * lr)
+    assert g0["weight_decay"] == pytest.approx(0.1) and g1["weight_decay"] == pytest.approx(0.05)
+    extra = t.optimizer.param_groups[2:]  # the learned loss weight: 0-d, no decay by DINO's rule
+    assert extra and all(g["wd_scale"] == 0.0 and g["weight_decay"] == 0.0 for g in extra)
+
+
+def test_validation_hook_tracks_the_best_and_writes_checkpoint_best(tmp_path):
+    t = trainer(tmp_path, "toy_validated", ["--epochs", "4", "--val_freq", "1"])
+    t.fit()
+    out = tmp_path / "r"
+    log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["val_acc"] for r in log] == [0.5, 0.9, 0.7, 0.95]
+    assert [r["best_acc"] for r in log] == [0.5, 0.9, 0.9, 0.95]
+    best = load_checkpoint(str(out / "checkpoint_best.pth"))
+    assert best["epoch"] == 4 and best["best_metric"] == {"name": "acc", "value": 0.95}
+
+
+def test_validation_every_val_freq_epochs_and_at_the_last(tmp_path):
+    t = trainer(tmp_path, "toy_validated", ["--epochs", "3", "--val_freq", "2"])
+    t.fit()
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.txt").read_text().splitlines()]
+    assert ["val_acc" in r for r in log] == [False, True, True]
+    best = load_checkpoint(str(tmp_path / "r" / "checkpoint_best.pth"))
+    assert best["epoch"] == 2  # epoch 1 (0.9) beats epoch 2 (0.7)
+
+
+def test_best_metric_and_extra_state_survive_a_resume(tmp_path):
+    t = trainer(tmp_path, "toy_validated", ["--epochs", "2"])
+    t.fit()
+    assert t.method.steps_done == 10
+    t2 = trainer(tmp_path, "toy_validated", ["--epochs", "3"])
+    t2.maybe_resume()
+    assert t2.best == 0.9 and t2.method.steps_done == 10  # extra_checkpoint_state restored
+    t2.fit()
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.txt").read_text().splitlines()
+           if "resume_changes" not in line]
+    assert log[-1]["best_acc"] == 0.9 and log[-1]["val_acc"] == 0.7
+
+
+def test_extra_parameter_gradients_are_averaged_over_ranks(tmp_path):
+    """2 Gloo ranks see different data: the learned loss weight (outside the DDP student) must
+    still end equal on both, as the student does."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ddp"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join(root, "tests", "ddp_worker.py"), *TOY, "--method", "toy_supervised",
+                        "--epochs", "1", "--batch_size_per_gpu", "4", "--output_dir", str(out)],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r0, r1 = torch.load(out / "rank0.pth"), torch.load(out / "rank1.pth")
+    assert r0["criterion"]["log_var"] != 0 and torch.equal(r0["criterion"]["log_var"], r1["criterion"]["log_var"])
+    for k in r0["student"]:
+        assert torch.equal(r0["student"][k], r1["student"][k]), k
+
+
+DINO_TINY = ["--arch", "vit_pico", "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8",
+             "--local_crops_number", "2", "--out_dim", "32", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
+             "--epochs", "3", "--patch_out_dim", "32"]
+
+
+def test_numbered_checkpoint_rules_dino_every_epoch_ibot_not_at_epoch0():
+    from method_helpers import build_method
+    dino, _ = build_method(["--method", "dino", *DINO_TINY[:-2]])
+    ibot, _ = build_method(["--method", "ibot", *DINO_TINY])
+    assert [dino.numbered_checkpoint(e, 1) for e in range(3)] == [True, True, True]
+    assert [ibot.numbered_checkpoint(e, 1) for e in range(3)] == [False, True, True]
+    assert [dino.numbered_checkpoint(e, 2) for e in range(3)] == [True, False, True]
+    assert not dino.numbered_checkpoint(0, 0)
+
+
+def test_the_step_freezes_the_last_layer_during_freeze_last_layer_epochs():
+    from method_helpers import build_method
+    from ssvit.engine.optim import build_optimizer
+    from ssvit.engine.step import TrainStep
+    torch.manual_seed(0)
+    m, _ = build_method(["--method", "dino", *DINO_TINY[:-2], "--freeze_last_layer", "1", "--norm_last_layer",
+                         "false"])
+    opt = build_optimizer("adamw", m.param_groups(m.student))
+    for g in opt.param_groups:
+        g["lr"] = 1e-2
+    step = TrainStep(m, m.student, opt, device=torch.device("cpu"))
+    batch = [torch.randn(4, 3, 16, 16) for _ in range(2)] + [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    last = m.student.head.last_layer
+    v0, mlp0 = last.weight_v.detach().clone(), m.student.head.mlp[0].weight.detach().clone()
+    step(batch, 0, 0, 0.9)  # epoch 0 < freeze_last_layer: the prototypes stay
+    assert torch.equal(last.weight_v, v0) and not torch.equal(m.student.head.mlp[0].weight, mlp0)
+    step(batch, 1, 1, 0.9)  # epoch 1: they train
+    assert not torch.equal(last.weight_v, v0)
