@@ -34,7 +34,7 @@ from ssvit.cli import exit_status
 from ssvit.config import bool_flag
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.engine.distributed import DeviceError, init_distributed
-from ssvit.evaluation.linear import (LinearClassifier, cache_features, check_feature_flags, feature_dim,
+from ssvit.evaluation.linear import (LinearClassifier, RawPixels, cache_features, check_feature_flags, feature_dim,
                                      train_one_epoch, validate)
 from ssvit.utils.checkpoint import (CheckpointError, load_checkpoint, load_state_checked, save_atomic,
                                     save_text_atomic, strip_prefixes)
@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         for the `n` last blocks. We use `n=4` when evaluating ViT-Small and `n=1` with ViT-Base.""")
     p.add_argument("--avgpool_patchtokens", default=False, type=bool_flag,
                    help="Whether ot not to concatenate the global average pooled features to the [CLS] token.")
-    p.add_argument("--arch", default="vit_small", type=str, help="Architecture")
+    p.add_argument("--arch", default="vit_small", type=str, help="Architecture (raw_pixels: the pixel baseline)")
     p.add_argument("--patch_size", default=16, type=int, help="Patch resolution of the model.")
     p.add_argument("--pretrained_weights", default="", type=str, help="Path to pretrained weights to evaluate.")
     p.add_argument("--checkpoint_key", default="teacher", type=str, help='Key to use in the checkpoint (example: "teacher")')
@@ -117,8 +117,12 @@ def run(args) -> dict:
     info = init_distributed(args.device, args.dist_url)
     device = info.device
     torch.manual_seed(args.seed)
-    from eval_knn import build_model
-    model = build_model(args, device)
+    if args.arch == "raw_pixels":  # the baseline: a linear classifier on the normalised pixels
+        from ssvit.evaluation.knn import knn_eval_sizes
+        model = RawPixels(3, knn_eval_sizes(args.dataset, args.eval_size)[1]).to(device)
+    else:
+        from eval_knn import build_model
+        model = build_model(args, device)
     try:
         check_feature_flags(model, args.n_last_blocks, args.avgpool_patchtokens)
     except ValueError as e:

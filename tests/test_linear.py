@@ -154,3 +154,12 @@ def test_cached_feature_path_trains_and_writes_results(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["cache_features"] is True and 0 <= res["best_acc1"] <= 100 and res["test_images"] == 16
     assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0, 1]
+
+
+def test_raw_pixel_baseline_features_are_the_flattened_image(tmp_path):
+    from ssvit.evaluation.linear import RawPixels
+    m = RawPixels(3, 8)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(linear_features(m, x), x.flatten(1)) and feature_dim(m, 4, False) == 192
+    p = _run(BASE + ["--arch", "raw_pixels", "--epochs", "1", "--output_dir", str(tmp_path / "px")])
+    assert p.returncode == 0 and "Top-1 test accuracy" in p.stdout, p.stderr[-2000:]

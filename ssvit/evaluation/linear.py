@@ -35,6 +35,17 @@ class LinearClassifier(nn.Module):
         return self.linear(x.view(x.size(0), -1))
 
 
+class RawPixels(nn.Module):
+    """The raw-pixel baseline as a "backbone": the (normalised) image flattened, (B, C*H*W)."""
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.num_features = channels * size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 def is_token_model(model: nn.Module) -> bool:
     return hasattr(model, "get_intermediate_layers") and hasattr(model, "blocks")
 
@@ -57,7 +68,7 @@ def linear_features(model: nn.Module, x: torch.Tensor, n_last_blocks: int = 4,
 def feature_dim(model: nn.Module, n_last_blocks: int, avgpool_patchtokens: bool) -> int:
     if is_token_model(model):
         return model.embed_dim * (n_last_blocks + int(avgpool_patchtokens))
-    return int(getattr(model, "num_features", getattr(model, "embed_dim")))
+    return int(getattr(model, "num_features", None) or model.embed_dim)
 
 
 def check_feature_flags(model: nn.Module, n_last_blocks: int, avgpool_patchtokens: bool) -> None:
