@@ -113,7 +113,7 @@ class Trainer:
         self.method: SSLMethod = method_cls(args).to(self.device)
 
         # ---------------- data
-        base = build_dataset(args.dataset, args.data_path, train=True, download=args.download,
+        base = build_dataset(args.dataset, self.method.dataset_path(args), train=True, download=args.download,
                              on_bad_image=args.on_bad_image, synthetic_size=args.synthetic_size,
                              synthetic_image_size=DATASET_INFO["synthetic"].image_size)
         self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed, with_index=True)
@@ -389,8 +389,9 @@ class Trainer:
             else:
                 if r.stepped:
                     self.bad_in_a_row = 0
-                logger.update(**{"loss": r.loss, **r.extra, "lr": optimizer.param_groups[0]["lr"],
-                                 "wd": optimizer.param_groups[0]["weight_decay"]})
+                # the largest lr and weight decay over the groups (DINO: those of the first group)
+                logger.update(**{"loss": r.loss, **r.extra, "lr": max(g["lr"] for g in optimizer.param_groups),
+                                 "wd": max(g["weight_decay"] for g in optimizer.param_groups)})
             progress.step(i, logger, now - t_last, args.batch_size_per_gpu * self.dist.world_size)
             t_last = now
             if self.tb is not None and it % args.print_freq == 0 and not r.skipped:

@@ -79,7 +79,7 @@ class TrainStep:
         if self.ddp:
             self.average_extra_gradients()
         norms = None
-        if self.scaler is not None and self.clip_grad:
+        if self.scaler is not None:  # true gradients for the clipping and the method's after_backward
             self.scaler.unscale_(opt)
         if self.clip_grad:
             norms = self.clip_fn(method.student, self.clip_grad)

@@ -3,6 +3,7 @@ from .base import SSLMethod, get_method, list_methods, register_method
 from .dino import DINO
 from .esvit import EsViT
 from .ibot import iBOT
+from .finetune import Finetune
 from .sere import DINOSERE, iBOTSERE
 
-__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE"]
+__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE", "Finetune"]

@@ -112,6 +112,11 @@ class SSLMethod(nn.Module):
         """Gradient handling between backward (and clipping) and the optimizer step."""
 
     # ----- engine hooks -----------------------------------------------------------------------
+    def dataset_path(self, args: argparse.Namespace) -> Optional[str]:
+        """Where the engine reads the training images (``--data_path``; a finetuning task reads
+        ``data_path/train``)."""
+        return args.data_path
+
     def resume_source(self, args: argparse.Namespace, output_dir: str) -> Optional[str]:
         """The checkpoint to start from, or None: ``output_dir/checkpoint.pth`` when it exists."""
         path = os.path.join(output_dir, "checkpoint.pth")

@@ -1,0 +1,303 @@
+"""Supervised finetuning of any ssvit backbone on the shared engine (``main_finetune.py``).
+
+The recipe of MAE's ``main_finetune.py`` (He et al. 2022; DeiT's augmentation): timm's
+RandAugment (``--aa``), random erasing (``--reprob --remode --recount``), mixup / cutmix
+(``--mixup --cutmix --cutmix_minmax --mixup_prob --mixup_switch_prob --mixup_mode``) with label
+smoothing (``--smoothing``), layer-wise lr decay (``--layer_decay``), drop path, warm-up + cosine,
+global-norm clipping (``--clip_grad``), optional weight EMA (``--model_ema``), top-1 / top-5 on the
+validation split every ``--val_freq`` epochs, ``checkpoint_best.pth``.
+
+Model: ``FinetuneModel(backbone, head)`` -- the backbone as ssvit builds it (ViT: the CLS token after
+the final norm, DINO's convention; Swin / CvT / ViL: their pooled features) and ``head`` a Linear
+(weight trunc-normal std 2e-5, bias 0, as MAE). ``--finetune CKPT`` loads the backbone from an
+ssvit / DINO / iBOT / EsViT / MAE checkpoint (``--checkpoint_key``, projection heads dropped,
+position embeddings interpolated to ``--input_size``).
+
+Layer-wise lr decay (MAE/BEiT ``param_groups_lrd``, see ``layer_ids``): ViT ``cls_token`` /
+``pos_embed`` / ``patch_embed`` are layer 0, ``blocks.i`` layer i+1, the final norm and the head
+layer depth+1; each layer's lr is scaled by ``layer_decay ** (depth + 1 - layer)``. Multi-stage
+backbones (Swin, CvT, ViL) number their blocks in order over the stages; a stage's patch merging /
+embedding takes the layer of the block before it (SimMIM's Swin rule). Biases, norms and the
+no-weight-decay tokens get no weight decay.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import bool_flag
+from ..models import create_backbone
+from .base import SSLMethod, register_method
+
+
+class FinetuneModel(nn.Module):
+    """backbone (B, C, H, W) -> features (B, D) -> head -> logits (B, num_classes)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        dim = int(getattr(backbone, "num_features", None) or backbone.embed_dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def add_finetune_args(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("finetuning (MAE main_finetune.py names)")
+    p.add_argument("--nb_classes", default=1000, type=int, help="number of the classification types")
+    p.add_argument("--finetune", default="", help="backbone checkpoint to finetune from (ssvit/DINO/iBOT/EsViT/MAE)")
+    p.add_argument("--checkpoint_key", default="teacher", help="network of a training checkpoint (teacher/student)")
+    p.add_argument("--input_size", default=224, type=int, help="images input size")
+    p.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay from ELECTRA/BEiT")
+    p.add_argument("--color_jitter", default=None, type=float, help="color jitter factor (enabled only when not using Auto/RandAug)")
+    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=str, help="AutoAugment policy ('' or none: off)")
+    p.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
+    p.add_argument("--reprob", default=0.25, type=float, help="random erase prob")
+    p.add_argument("--remode", default="pixel", type=str, help="random erase mode")
+    p.add_argument("--recount", default=1, type=int, help="random erase count")
+    p.add_argument("--mixup", default=0.8, type=float, help="mixup alpha, mixup enabled if > 0")
+    p.add_argument("--cutmix", default=1.0, type=float, help="cutmix alpha, cutmix enabled if > 0")
+    p.add_argument("--cutmix_minmax", default=None, type=float, nargs="+", help="cutmix min/max ratio")
+    p.add_argument("--mixup_prob", default=1.0, type=float, help="probability of mixup or cutmix per batch")
+    p.add_argument("--mixup_switch_prob", default=0.5, type=float, help="probability of switching to cutmix")
+    p.add_argument("--mixup_mode", default="batch", type=str, help='"batch", "pair", or "elem"')
+    p.add_argument("--model_ema", default=False, type=bool_flag, help="keep an EMA of the weights (validated too)")
+    p.add_argument("--model_ema_decay", default=0.9999, type=float)
+    p.add_argument("--eval_batch_size", default=None, type=int, help="validation batch (default: the training batch)")
+    p.add_argument("--resume", default="", help="resume from this checkpoint (default: output_dir/checkpoint.pth)")
+    p.add_argument("--finetune_clip_grad", default=0.0, type=float,
+                   help="clip the global gradient norm (main_finetune.py's --clip_grad); 0 = off")
+
+
+# one transformer block: ViT blocks.i, Swin layers.s.blocks.j, CvT stageS.1.layers.j, ViL layerS.j (j >= 1)
+_BLOCK_RE = re.compile(r"^(?:backbone\.)?(blocks\.\d+|layers\.\d+\.blocks\.\d+|stage\d+\.1\.layers\.\d+|"
+                       r"layer\d+\.[1-9]\d*)\.")
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer for layer-wise decay, walking the parameters in order: the k-th
+    transformer block (over all stages) is layer k; what comes before the first block (tokens,
+    position embeddings, patch embedding) is layer 0; what sits between blocks (a stage's
+    patch-merging / convolutional embedding) takes the layer of the block before it; what comes
+    after the last block (final norm, head) is layer depth + 1. For a ViT this is MAE's
+    ``get_layer_id_for_vit``; for Swin it equals SimMIM's rule (``layers.s.downsample`` ->
+    ``sum(depths[:s+1])``)."""
+    names = [n for n, _ in model.named_parameters()]
+    keys = [(_BLOCK_RE.match(n).group(1) if _BLOCK_RE.match(n) else None) for n in names]
+    blocks = list(dict.fromkeys(k for k in keys if k is not None))
+    depth = len(blocks)
+    last_block_at = max((i for i, k in enumerate(keys) if k is not None), default=-1)
+    ids, current = {}, 0
+    block_id = {k: i + 1 for i, k in enumerate(blocks)}
+    for i, (n, k) in enumerate(zip(names, keys)):
+        if k is not None:
+            current = block_id[k]
+            ids[n] = current
+        else:
+            ids[n] = depth + 1 if i > last_block_at else current
+    return ids
+
+
+def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """MAE's ``param_groups_lrd``: one group per (layer, decay / no decay) with ``lr_scale =
+    layer_decay ** (depth + 1 - layer)``; the engine multiplies the scheduled lr by it and the
+    weight decay by ``wd_scale`` (0 or 1). No decay for 1-D tensors (biases, norms) and the
+    backbone's no-weight-decay tokens."""
+    ids = layer_ids(model)
+    depth = max(ids.values()) - 1
+    bb = getattr(model, "backbone", model)
+    no_wd = set(getattr(bb, "no_weight_decay", lambda: set())()) | {"pos_embed", "cls_token", "dist_token"}
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        short = name[len("backbone."):] if name.startswith("backbone.") else name
+        decay = not (p.ndim == 1 or short in no_wd or name.endswith(".bias"))
+        key = (ids[name], decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr_scale": layer_decay ** (depth + 1 - ids[name]),
+                           "wd_scale": 1.0 if decay else 0.0, "weight_decay": weight_decay if decay else 0.0,
+                           "layer_id": ids[name]}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_finetune_transform(args, is_train: bool):
+    """timm's ``create_transform`` with MAE's settings (bicubic, ImageNet statistics); eval: resize by
+    256/224 (to the crop for inputs <= 32 px), centre crop. Grey images become 3-channel."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    rgb = transforms.Lambda(lambda im: im.convert("RGB"))
+    if is_train:
+        aa = None if (args.aa or "").lower() in ("", "none") else args.aa
+        tf = create_transform(input_size=args.input_size, is_training=True, color_jitter=args.color_jitter,
+                              auto_augment=aa, interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode,
+                              re_count=args.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return transforms.Compose([rgb, tf])
+    size = args.input_size if args.input_size <= 32 else int(round(args.input_size * 256 / 224))
+    return transforms.Compose([
+        rgb, transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(args.input_size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+@register_method("finetune")
+class Finetune(SSLMethod):
+    has_ema_teacher = False
+    loss_key = "criterion"
+    best_metric = "acc1"
+
+    @classmethod
+    def add_args(cls, parser):
+        add_finetune_args(parser)
+
+    @classmethod
+    def check_args(cls, args):
+        if args.nb_classes < 2:
+            raise ValueError(f"--nb_classes must be >= 2, got {args.nb_classes}")
+        if not 0 < args.layer_decay <= 1:
+            raise ValueError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
+        if args.finetune and not os.path.isfile(args.finetune):
+            from ..utils.checkpoint import CheckpointError
+            raise CheckpointError(f"--finetune: '{args.finetune}' does not exist")
+        if args.mixup_mode not in ("batch", "pair", "elem"):
+            raise ValueError(f"--mixup_mode must be batch, pair or elem, got {args.mixup_mode!r}")
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        self.args = args
+        backbone = create_backbone(args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate,
+                                   img_size=args.input_size)
+        if args.finetune:
+            from ..models.loading import load_backbone_state, read_pretrained_state
+            load_backbone_state(backbone, read_pretrained_state(args.finetune, args.checkpoint_key), args.arch)
+            print(f"Finetuning from {args.finetune} (key '{args.checkpoint_key}')")
+        self.student = FinetuneModel(backbone, args.nb_classes)
+        self.teacher = None
+        self.criterion = nn.Module()  # stateless; the loss is chosen below
+        self.mixup_fn = None
+        if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+            from timm.data import Mixup
+            self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                                  label_smoothing=args.smoothing, num_classes=args.nb_classes)
+        self.ema = None
+        if args.model_ema:
+            import copy
+            self.ema = copy.deepcopy(self.student).eval()
+            for p in self.ema.parameters():
+                p.requires_grad = False
+        self._val_loader = None
+
+    # ---- data and loss
+    def dataset_path(self, args):
+        return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
+
+    def resume_source(self, args, output_dir):
+        if args.resume:  # MAE's --resume FILE
+            if not os.path.isfile(args.resume):
+                from ..utils.checkpoint import CheckpointError
+                raise CheckpointError(f"--resume: '{args.resume}' does not exist")
+            return args.resume
+        return super().resume_source(args, output_dir)
+
+    def build_transform(self, args):
+        return build_finetune_transform(args, is_train=True)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.mixup_fn is not None:  # soft targets (mixed, smoothed): timm's SoftTargetCrossEntropy
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, targets, label_smoothing=self.args.smoothing)
+
+    def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
+        if labels is None:
+            raise ValueError("finetuning needs the labels")
+        images, targets = batch, labels
+        if self.mixup_fn is not None:
+            if images.shape[0] % 2:
+                raise ValueError("mixup needs an even batch size (timm's Mixup)")
+            images, targets = self.mixup_fn(images, targets)
+        return self.loss(student(images), targets), {}
+
+    def param_groups(self, student):
+        return param_groups_lrd(self.student, self.args.weight_decay, self.args.layer_decay)
+
+    def after_backward(self, epoch):
+        if self.args.finetune_clip_grad:  # MAE clips the global norm (the engine's --clip_grad is per parameter)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.args.finetune_clip_grad)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum):
+        if self.ema is None:
+            return
+        d = self.args.model_ema_decay  # timm's ModelEma: a constant decay
+        ema, cur = list(self.ema.state_dict().values()), list(self.student.state_dict().values())
+        for e, c in zip(ema, cur):
+            if e.is_floating_point():
+                e.mul_(d).add_(c.detach(), alpha=1 - d)
+            else:
+                e.copy_(c)
+
+    # ---- validation
+    def val_loader(self):
+        if self._val_loader is None:
+            from torch.utils.data import DataLoader
+
+            from ..data import build_dataset
+            from ..data.datasets import TransformedDataset
+            a = self.args
+            base = build_dataset(a.dataset, a.data_path if a.dataset not in ("imagefolder", "imagenet1k")
+                                 else os.path.join(a.data_path, "val"), train=False, download=a.download,
+                                 synthetic_size=a.synthetic_size)
+            ds = TransformedDataset(base, build_finetune_transform(a, is_train=False))
+            self._val_loader = DataLoader(ds, batch_size=a.eval_batch_size or a.batch_size_per_gpu,
+                                          num_workers=a.num_workers, shuffle=False)
+        return self._val_loader
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        from ..evaluation.linear import accuracy
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        tot = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0, "n": 0}
+        for images, target in self.val_loader():
+            images, target = images.to(device), target.to(device)
+            out = model(images)
+            b = images.shape[0]
+            k5 = min(5, out.shape[1])
+            a1, a5 = accuracy(out, target, topk=(1, k5))
+            tot["loss"] += F.cross_entropy(out, target).item() * b
+            tot["acc1"] += a1.item() * b
+            tot["acc5"] += a5.item() * b
+            tot["n"] += b
+        model.train(was)
+        n = max(tot["n"], 1)
+        return {"loss": tot["loss"] / n, "acc1": tot["acc1"] / n, "acc5": tot["acc5"] / n}
+
+    def validate(self, epoch):
+        stats = self.evaluate(self.student)
+        print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}")
+        print(f"Accuracy of the network on the {len(self.val_loader().dataset)} test images: {stats['acc1']:.1f}%")
+        if self.ema is not None:
+            ema = self.evaluate(self.ema)
+            stats.update({f"ema_{k}": v for k, v in ema.items()})
+            print(f"Accuracy of the EMA model: {ema['acc1']:.1f}%")
+        return stats
+
+    # ---- checkpoint (MAE's 'model' entry besides the engine's layout)
+    def extra_checkpoint_state(self):
+        return {"model_ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_checkpoint_state(self, ckpt):
+        if self.ema is not None and "model_ema" in ckpt:
+            self.ema.load_state_dict(ckpt["model_ema"])
