@@ -111,3 +111,21 @@ def test_mae_flags_map_onto_the_engine():
     assert (defaults.epochs, defaults.batch_size_per_gpu, defaults.lr, defaults.layer_decay, defaults.smoothing,
             defaults.mixup, defaults.cutmix, defaults.reprob, defaults.aa, defaults.warmup_epochs) == \
         (50, 64, 1e-3, 0.75, 0.1, 0.8, 1.0, 0.25, "rand-m9-mstd0.5-inc1", 5)
+
+
+def test_maes_randaugment_policy_survives_the_top_posterize_magnitude():
+    """timm's PosterizeIncreasing reaches 0 bits at magnitude 10, which current Pillow rejects."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+    from timm.data import auto_augment as aa
+
+    from ssvit.methods.finetune import build_finetune_transform
+    args = argparse.Namespace(input_size=28, color_jitter=None, aa="rand-m9-mstd0.5-inc1", reprob=0.25,
+                              remode="pixel", recount=1)
+    tf = build_finetune_transform(args, is_train=True)
+    im = Image.fromarray((np.random.RandomState(0).rand(28, 28) * 255).astype("uint8"))  # grey, as Fashion-MNIST
+    assert tf(im).shape == (3, 28, 28)
+    op = aa.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
+    assert aa.LEVEL_TO_ARG["PosterizeIncreasing"](10, {}) == (1,) and op(im.convert("RGB")).size == (28, 28)

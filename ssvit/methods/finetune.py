@@ -129,6 +129,22 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float) 
     return [groups[k] for k in sorted(groups)]
 
 
+def _clamp_posterize_bits() -> None:
+    """timm's ``PosterizeIncreasing`` (in MAE's ``rand-m9-mstd0.5-inc1``) keeps ``4 - 4 * level``
+    bits: 0 at the top magnitude, which Pillow >= 10 rejects ("bits must be between or equal to 1
+    and 8"; older Pillow blacked the image out). Keep at least 1 bit (documented deviation)."""
+    from timm.data import auto_augment as aa
+    base = aa._posterize_increasing_level_to_arg
+    if getattr(base, "_ssvit_clamped", False):
+        return
+
+    def clamped(level, hparams):
+        return (max(1, int(base(level, hparams)[0])),)
+    clamped._ssvit_clamped = True
+    aa.LEVEL_TO_ARG["PosterizeIncreasing"] = clamped
+    aa._posterize_increasing_level_to_arg = clamped
+
+
 def build_finetune_transform(args, is_train: bool):
     """timm's ``create_transform`` with MAE's settings (bicubic, ImageNet statistics); eval: resize by
     256/224 (to the crop for inputs <= 32 px), centre crop. Grey images become 3-channel."""
@@ -138,6 +154,7 @@ def build_finetune_transform(args, is_train: bool):
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     rgb = transforms.Lambda(lambda im: im.convert("RGB"))
     if is_train:
+        _clamp_posterize_bits()
         aa = None if (args.aa or "").lower() in ("", "none") else args.aa
         tf = create_transform(input_size=args.input_size, is_training=True, color_jitter=args.color_jitter,
                               auto_augment=aa, interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode,
