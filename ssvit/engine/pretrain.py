@@ -478,6 +478,8 @@ class Trainer:
                     self.tb.flush()
                 if all_reduce_flags(stop.requested)[0]:
                     self.interrupted = epoch + 1 < args.epochs
+                    if self.interrupted:
+                        print(f"Stopped in epoch {epoch} (at its end); run the same command again to resume.")
                     break
                 if self.budget_spent():
                     break
