@@ -270,7 +270,7 @@ class Trainer:
                                   "(the previous checkpoint is kept)") from e
         return True
 
-    def complete_last_epoch(self, ckpt: dict, path: str) -> None:
+    def complete_last_epoch(self, ckpt: dict) -> None:
         """After a kill between ``checkpoint.pth`` and the epoch's numbered copy or log line: write
         what the last completed epoch still owes (the numbered file is the same state)."""
         if not self.dist.is_main or "epoch_log" not in ckpt or int(ckpt.get("iter_in_epoch", 0)) != 0:
@@ -334,7 +334,7 @@ class Trainer:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         if path == self.checkpoint_path():
-            self.complete_last_epoch(ckpt, path)
+            self.complete_last_epoch(ckpt)
         self.report_changed_flags(ckpt.get("args"))
         print(f"Resumed from {path}: epoch {self.start_epoch}, iteration {self.start_iter} of {self.niter_per_ep}")
 
