@@ -87,6 +87,10 @@ def build_model(args, device: torch.device) -> torch.nn.Module:
         if getattr(args, "cfg", None):
             from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
             extra = backbone_kwargs_from_cfg(args.arch, load_esvit_config(args.cfg, args.opts))
+        if getattr(args, "window_size", None):  # iBOT's --window_size of its swin_* archs
+            if not args.arch.startswith("swin"):
+                raise ValueError(f"--window_size applies to swin_* archs, not '{args.arch}'")
+            extra["window_size"] = args.window_size
         model = build_eval_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device,
                                     **extra)
     except ValueError as e:  # unknown architecture, bad config

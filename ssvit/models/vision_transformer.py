@@ -178,15 +178,27 @@ class VisionTransformer(_TimmViT):
             x = blk(x)
         return out
 
-    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
-        """Final-normed tokens (B, 1+N, D) of the last ``n`` blocks, oldest first."""
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1, norm: bool = True) -> list[torch.Tensor]:
+        """Final-normed tokens (B, 1+N, D) of the last ``n`` blocks, oldest first. ``norm=False``
+        returns the raw block outputs (iBOT's ``use_mean_pooling`` models, whose ``norm`` is Identity)."""
         x = self.prepare_tokens(x)
         out = []
         for i, blk in enumerate(self.blocks):
             x = blk(x)
             if len(self.blocks) - i <= n:
-                out.append(self.norm(x))
+                out.append(self.norm(x) if norm else x)
         return out
+
+    def forward_return_n_last_blocks(self, x: torch.Tensor, n: int = 1, return_patch_avgpool: bool = False,
+                                     depths: Sequence[int] = (), depth: Sequence[int] = ()) -> torch.Tensor:
+        """EsViT's ViT linear-probe feature: the normed CLS tokens of the last ``n`` blocks, then (with
+        ``return_patch_avgpool``) the mean normed patch token of the last block, concatenated
+        (B, D * (n + avgpool)) -- not interleaved (DINO's layout is). ``depths`` is unused."""
+        out = self.get_intermediate_layers(x, n)
+        feats = [o[:, 0] for o in out]
+        if return_patch_avgpool:
+            feats.append(out[-1][:, self.num_prefix_tokens:].mean(dim=1))
+        return torch.cat(feats, dim=-1)
 
     def no_weight_decay(self):
         return set()  # DINO decays pos_embed / cls_token (QUIRK, see training spec §4)
