@@ -12,7 +12,7 @@ MAE's flags and defaults (``--batch_size 64 --epochs 50 --accum_iter 1 --model -
 --min_lr 1e-6 --warmup_epochs 5 --color_jitter None --aa rand-m9-mstd0.5-inc1 --smoothing 0.1
 --reprob 0.25 --remode pixel --recount 1 --mixup 0.8 --cutmix 1.0 --cutmix_minmax None
 --mixup_prob 1.0 --mixup_switch_prob 0.5 --mixup_mode batch --finetune --nb_classes 1000
---output_dir --seed 0 --resume --eval --num_workers 10``) plus the engine's (``--dataset``,
+--global_pool (default) / --cls_token --output_dir --seed 0 --resume --eval --dist_eval --num_workers 10``) plus the engine's (``--dataset``,
 ``--device``, ``--use_fp16``, ``--val_freq``, ``--model_ema``, ...). ``--lr`` is the absolute
 learning rate; by default ``blr x effective batch / 256``. ``--clip_grad`` clips the global norm
 (MAE), not per parameter (DINO). ``--model`` takes ssvit's architecture names (``vit_small``,

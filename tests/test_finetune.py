@@ -129,3 +129,59 @@ def test_maes_randaugment_policy_survives_the_top_posterize_magnitude():
     assert tf(im).shape == (3, 28, 28)
     op = aa.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     assert aa.LEVEL_TO_ARG["PosterizeIncreasing"](10, {}) == (1,) and op(im.convert("RGB")).size == (28, 28)
+
+
+def test_global_pool_is_maes_fc_norm_of_the_mean_patch_token_and_cls_token_is_dinos():
+    torch.manual_seed(0)
+    bb = create_backbone("vit_pico", patch_size=4, img_size=16)
+    ref = create_backbone("vit_pico", patch_size=4, img_size=16)
+    ref.load_state_dict(bb.state_dict())
+    m = FinetuneModel(bb, 10, global_pool=True).eval()
+    with torch.no_grad():
+        m.fc_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 16, 16)
+    tokens = ref.eval().forward_blocks(x)
+    expected = m.head(torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (ref.embed_dim,), m.fc_norm.weight,
+                                                     m.fc_norm.bias, eps=1e-6))
+    torch.testing.assert_close(m(x), expected)
+    keys = set(m.state_dict())
+    assert {"fc_norm.weight", "fc_norm.bias"} <= keys and not any(k.startswith("backbone.norm.") for k in keys)
+    ids = layer_ids(m)
+    assert ids["fc_norm.weight"] == ids["head.weight"] == 5  # depth 4 + 1: lr_scale 1
+    c = FinetuneModel(ref, 10, global_pool=False).eval()  # --cls_token: the normed CLS token
+    torch.testing.assert_close(c.forward_features(x), ref(x))
+    s = FinetuneModel(create_backbone("swin_pico"), 10, global_pool=True)  # multi-stage: its own pooling
+    assert not s.global_pool and not hasattr(s, "fc_norm")
+    from main_finetune import parse
+    assert parse(["--output_dir", "/tmp/x"]).global_pool is True and parse(["--output_dir", "/tmp/x"]).dist_eval is False
+    assert parse(["--cls_token", "--output_dir", "/tmp/x"]).global_pool is False
+
+
+def test_dist_eval_shards_the_validation_and_sums_exactly(tmp_path):
+    """2 Gloo ranks, 17 validation images: with --dist_eval rank 0 takes 9 and rank 1 takes 8 (no
+    padded duplicate, unlike MAE's sampler) and the reduced stats equal one process evaluating
+    everything; without it every rank evaluates all 17."""
+    flags = CLI + ["--synthetic_size", "68", "--output_dir", str(tmp_path / "o"), "--eval_batch_size", "3"]
+    from main_finetune import parse
+    from ssvit.methods.finetune import Finetune
+    torch.manual_seed(0)
+    m = Finetune(parse(flags))
+    single = m.evaluate(m.student)
+    n = len(m.val_loader().dataset)
+    assert n == 17
+    for extra, local in ((["--dist_eval"], {0: (n + 1) // 2, 1: n // 2}), ([], {0: n, 1: n})):
+        out = tmp_path / ("dist" if extra else "full")
+        out.mkdir()
+        init = tmp_path / f"init_{out.name}"
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "dist_eval_worker.py"), str(init),
+                                   str(out), str(r), *flags, *extra], env=ENV, cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        for p in procs:
+            _, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err[-2000:]
+        import json
+        for r in (0, 1):
+            res = json.loads((out / f"rank{r}.json").read_text())
+            assert res["local_samples"] == local[r]
+            for k in ("acc1", "acc5", "loss"):
+                assert res["stats"][k] == pytest.approx(single[k], rel=1e-6, abs=1e-6), (extra, r, k)

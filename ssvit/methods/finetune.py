@@ -7,8 +7,10 @@ smoothing (``--smoothing``), layer-wise lr decay (``--layer_decay``), drop path,
 global-norm clipping (``--clip_grad``), optional weight EMA (``--model_ema``), top-1 / top-5 on the
 validation split every ``--val_freq`` epochs, ``checkpoint_best.pth``.
 
-Model: ``FinetuneModel(backbone, head)`` -- the backbone as ssvit builds it (ViT: the CLS token after
-the final norm, DINO's convention; Swin / CvT / ViL: their pooled features) and ``head`` a Linear
+Model: ``FinetuneModel(backbone, head)`` -- the backbone as ssvit builds it (ViT: by default MAE's
+``--global_pool``, ``fc_norm`` of the mean patch token with the final norm dropped; ``--cls_token``:
+the CLS token after the final norm, DINO's convention; Swin / CvT / ViL: their pooled features;
+``--dist_eval``: each rank validates its share) and ``head`` a Linear
 (weight trunc-normal std 2e-5, bias 0, as MAE). ``--finetune CKPT`` loads the backbone from an
 ssvit / DINO / iBOT / EsViT / MAE checkpoint (``--checkpoint_key``, projection heads dropped,
 position embeddings interpolated to ``--input_size``).
@@ -35,18 +37,33 @@ from .base import SSLMethod, register_method
 
 
 class FinetuneModel(nn.Module):
-    """backbone (B, C, H, W) -> features (B, D) -> head -> logits (B, num_classes)."""
+    """backbone (B, C, H, W) -> features (B, D) -> head -> logits (B, num_classes).
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    ``global_pool`` (MAE's default, ViTs only): the feature is ``fc_norm`` (a new LayerNorm, eps 1e-6)
+    of the mean of the last block's patch tokens, and the backbone's final ``norm`` is dropped (MAE
+    deletes it; call after loading the pretrained weights). Without it (``--cls_token``): the CLS token
+    after the final norm. Swin / CvT / ViL always use their own pooled feature."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, global_pool: bool = False):
         super().__init__()
         self.backbone = backbone
         dim = int(getattr(backbone, "num_features", None) or backbone.embed_dim)
+        self.global_pool = bool(global_pool) and hasattr(backbone, "forward_blocks")
+        if self.global_pool:
+            backbone.norm = nn.Identity()
+            self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
         nn.init.zeros_(self.head.bias)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool:
+            tokens = self.backbone.forward_blocks(x)
+            return self.fc_norm(tokens[:, getattr(self.backbone, "num_prefix_tokens", 1):].mean(dim=1))
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.forward_features(x))
 
 
 def add_finetune_args(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +88,13 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model_ema", default=False, type=bool_flag, help="keep an EMA of the weights (validated too)")
     p.add_argument("--model_ema_decay", default=0.9999, type=float)
     p.add_argument("--eval_batch_size", default=None, type=int, help="validation batch (default: the training batch)")
+    p.add_argument("--global_pool", action="store_true", help="ViT feature: fc_norm of the mean patch token (MAE)")
+    p.add_argument("--cls_token", action="store_false", dest="global_pool",
+                   help="Use class token instead of global pool for classification")
+    p.set_defaults(global_pool=True)
+    p.add_argument("--dist_eval", action="store_true", default=False,
+                   help="Enabling distributed evaluation (each rank validates its share; default: every rank "
+                        "validates the whole set)")
     p.add_argument("--resume", default="", help="resume from this checkpoint (default: output_dir/checkpoint.pth)")
     p.add_argument("--finetune_clip_grad", default=0.0, type=float,
                    help="clip the global gradient norm (main_finetune.py's --clip_grad); 0 = off")
@@ -198,7 +222,7 @@ class Finetune(SSLMethod):
             from ..models.loading import load_backbone_state, read_pretrained_state
             load_backbone_state(backbone, read_pretrained_state(args.finetune, args.checkpoint_key), args.arch)
             print(f"Finetuning from {args.finetune} (key '{args.checkpoint_key}')")
-        self.student = FinetuneModel(backbone, args.nb_classes)
+        self.student = FinetuneModel(backbone, args.nb_classes, global_pool=args.global_pool)
         self.teacher = None
         self.criterion = nn.Module()  # stateless; the loss is chosen below
         self.mixup_fn = None
@@ -276,8 +300,15 @@ class Finetune(SSLMethod):
                                  else os.path.join(a.data_path, "val"), train=False, download=a.download,
                                  synthetic_size=a.synthetic_size)
             ds = TransformedDataset(base, build_finetune_transform(a, is_train=False))
+            from ..utils.distributed import get_rank, get_world_size, is_dist
+            if a.dist_eval and is_dist() and get_world_size() > 1:
+                # rank r takes samples r, r + W, ...: no padded duplicates (MAE's DistributedSampler
+                # repeats samples when the set does not divide; here the sums are exact)
+                from torch.utils.data import Subset
+                ds = Subset(ds, range(get_rank(), len(ds), get_world_size()))
             self._val_loader = DataLoader(ds, batch_size=a.eval_batch_size or a.batch_size_per_gpu,
                                           num_workers=a.num_workers, shuffle=False)
+            self._val_size = len(base)
         return self._val_loader
 
     @torch.no_grad()
@@ -298,13 +329,20 @@ class Finetune(SSLMethod):
             tot["acc5"] += a5.item() * b
             tot["n"] += b
         model.train(was)
+        if self.args.dist_eval:
+            from ..utils.distributed import collective_device, is_dist
+            if is_dist():
+                t = torch.tensor([tot["loss"], tot["acc1"], tot["acc5"], tot["n"]], dtype=torch.float64,
+                                 device=collective_device())
+                torch.distributed.all_reduce(t)
+                tot = dict(zip(("loss", "acc1", "acc5", "n"), t.tolist()))
         n = max(tot["n"], 1)
         return {"loss": tot["loss"] / n, "acc1": tot["acc1"] / n, "acc5": tot["acc5"] / n}
 
     def validate(self, epoch):
         stats = self.evaluate(self.student)
         print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}")
-        print(f"Accuracy of the network on the {len(self.val_loader().dataset)} test images: {stats['acc1']:.1f}%")
+        print(f"Accuracy of the network on the {self._val_size} test images: {stats['acc1']:.1f}%")
         if self.ema is not None:
             ema = self.evaluate(self.ema)
             stats.update({f"ema_{k}": v for k, v in ema.items()})
