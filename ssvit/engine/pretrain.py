@@ -154,11 +154,17 @@ class Trainer:
         # ---------------- schedules (per iteration; teacher temperature is per epoch, in the loss)
         # linear scaling by the effective batch (SERE: batch x accum_iter x world size)
         bs_total = args.batch_size_per_gpu * args.accum_iter * self.dist.world_size
-        self.lr_schedule = cosine_scheduler(args.lr * bs_total / 256.0, args.min_lr, args.epochs,
-                                            self.niter_per_ep, warmup_epochs=args.warmup_epochs)
-        self.wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, self.niter_per_ep)
-        self.momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, self.niter_per_ep) \
-            if self.method.has_ema_teacher else None
+        own = self.method.schedules(args, self.niter_per_ep, bs_total)
+        if own is not None:  # the method's original schedule (e.g. SiT-v1's per-epoch timm cosine)
+            self.lr_schedule, self.wd_schedule = own["lr"], own["wd"]
+            self.momentum_schedule = own.get("momentum")
+        else:
+            self.lr_schedule = cosine_scheduler(args.lr * bs_total / 256.0, args.min_lr, args.epochs,
+                                                self.niter_per_ep, warmup_epochs=args.warmup_epochs)
+            self.wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs,
+                                                self.niter_per_ep)
+            self.momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, self.niter_per_ep) \
+                if self.method.has_ema_teacher else None
 
         self.start_epoch, self.start_iter = 0, 0
         self.tb = None

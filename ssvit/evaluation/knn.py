@@ -102,8 +102,9 @@ def grid_img_size(state_dict: dict, patch_size: int) -> Optional[int]:
     pos = state_dict.get("pos_embed")
     if not isinstance(pos, torch.Tensor) or pos.ndim != 3 or pos.shape[1] < 2:
         return None
-    side = math.isqrt(pos.shape[1] - 1)
-    return side * patch_size if side * side == pos.shape[1] - 1 else None
+    prefix = 2 if "contrastive_token" in state_dict else 1  # SiT-v1: rotation + contrastive tokens
+    side = math.isqrt(pos.shape[1] - prefix)
+    return side * patch_size if side * side == pos.shape[1] - prefix else None
 
 
 def checkpoint_img_size(path: str, checkpoint_key: Optional[str], patch_size: int) -> Optional[int]:

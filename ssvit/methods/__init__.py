@@ -5,5 +5,6 @@ from .esvit import EsViT
 from .ibot import iBOT
 from .finetune import Finetune
 from .sere import DINOSERE, iBOTSERE
+from .sit import SiT
 
-__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE", "Finetune"]
+__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE", "Finetune", "SiT"]

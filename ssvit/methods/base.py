@@ -108,6 +108,12 @@ class SSLMethod(nn.Module):
             groups.append({"params": free, "weight_decay": 0.0, "wd_scale": 0.0})
         return groups
 
+    def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Optional[dict]:
+        """Per-iteration schedules ``{'lr': array, 'wd': array, 'momentum': array or None}`` (length
+        ``epochs * niter_per_ep``) replacing the engine's DINO rule (cosine, lr x total batch / 256,
+        warm-up), or None to keep it."""
+        return None
+
     def after_backward(self, epoch: int) -> None:
         """Gradient handling between backward (and clipping) and the optimizer step."""
 
@@ -241,6 +247,12 @@ class DINOFamily(SSLMethod):
     def __init__(self, args: argparse.Namespace):
         super().__init__()
         self.freeze_last_layer = args.freeze_last_layer
+
+    def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Optional[dict]:
+        """Per-iteration schedules ``{'lr': array, 'wd': array, 'momentum': array or None}`` (length
+        ``epochs * niter_per_ep``) replacing the engine's DINO rule (cosine, lr x total batch / 256,
+        warm-up), or None to keep it."""
+        return None
 
     def after_backward(self, epoch: int) -> None:
         from ..utils.params import cancel_gradients_last_layer

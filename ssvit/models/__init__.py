@@ -2,6 +2,7 @@
 from . import cvt  # noqa: F401  (registers EsViT's CvT (cvt_v4) sizes)
 from . import swin_transformer  # noqa: F401  (registers EsViT's Swin sizes)
 from . import vision_longformer  # noqa: F401  (registers EsViT's ViL / MsViT)
+from . import sit  # noqa: F401  (registers SiT-v1's ViT sizes)
 from . import vit_factories  # noqa: F401  (registers the ViT sizes)
 from .heads import DINOHead, WeightNormLinear
 from .multicrop import MultiCropWrapper

@@ -30,6 +30,10 @@ def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher")
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"expected a dict-like checkpoint, got {type(ckpt).__name__}")
     sd = ckpt
+    if checkpoint_key == "teacher" and "teacher" not in ckpt and isinstance(ckpt.get("student"), dict):
+        # a task trained without an EMA teacher (SiT-v1, RelViT, finetuning): its only network
+        print("The checkpoint has no 'teacher' (its method trains without one): using 'student'")
+        checkpoint_key = "student"
     if checkpoint_key and checkpoint_key in ckpt and isinstance(ckpt[checkpoint_key], dict):
         sd = ckpt[checkpoint_key]
     else:
@@ -61,8 +65,10 @@ def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") 
 def load_backbone_state(model: nn.Module, sd: dict, arch: str = "") -> None:
     """Load a backbone state dict strictly; position embeddings of another grid size are
     interpolated (DINO's rule) and an iBOT ``masked_embed`` the model lacks is dropped."""
+    if hasattr(model, "checkpoint_filter"):  # timm-style: the model adapts foreign layouts (e.g. SiT's 2 tokens)
+        sd = model.checkpoint_filter(sd)
     own = model.state_dict()
-    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape \
+    if not hasattr(model, "checkpoint_filter") and "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape \
             and sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:
         from .vision_transformer import interpolate_pos_encoding
         n = own["pos_embed"].shape[1] - 1

@@ -1,0 +1,225 @@
+"""SiT-v1 (Atito et al. 2021; Sara-Ahmed/SiT at 1aacd6a) on the shared engine: ``--method sit``.
+
+One ViT (``VisionTransformer_SiT``, no EMA teacher) is trained on two independent views of each
+image, each rotated by ``RandomRotation`` and corrupted per batch by ``distortImages``; the loss
+(``MTL_loss``) adds rotation prediction, NT-Xent between the two views' contrastive embeddings and
+L1 reconstruction of the clean views, each weighted by a learned uncertainty (``rot_w``,
+``contrastive_w``, ``recons_w``: parameters of the model, no weight decay). The two views are
+forwarded separately and the weights are taken from the first call, as the original.
+
+Recipe as 1aacd6a's ``main.py`` in SSL mode: AdamW (timm's groups: no weight decay on 1-D tensors,
+biases and ``pos_embed`` / ``rot_token`` / ``contrastive_token``), lr ``--lr x total batch / 512``,
+timm's per-epoch cosine (``--warmup-lr``, ``--warmup-epochs``, ``--min-lr``; stepped after each epoch
+as DeiT, so epochs 0 and 1 both run at the warm-up start value), constant weight decay, no
+clipping (``--clip-grad None``), a weight EMA (``--model-ema``, decay 0.99996, kept and saved, not
+used by the SSL evaluation), the loader dropping the last batch (the contrastive loss has a fixed
+batch size). Transform: timm's ``create_transform`` with colour jitter 0.4 and nothing else
+(``RandomCrop(size, padding=4)`` for inputs <= 32 px), drawn twice.
+
+Differences (documented): the corruption's NumPy draws and noise come from a generator seeded by
+(seed, rank, epoch, iteration) instead of the global state (exact resume); the total loss is a
+scalar, not shape (1,); a box smaller than the blur kernel is padded by replication (the original
+raises on such small images). Not yet built: repeated augmentation (``RASampler``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..models import create_backbone
+from ..objectives.sit import MTL_loss, RandomRotation, distortImages
+from .base import SSLMethod, register_method
+
+
+class SiTViews:
+    """PIL image -> ``(X1, rot1, X2, rot2)``: the transform drawn twice, each view rotated (SiT's ``getItem``)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        x1, r1 = RandomRotation(self.transform(img))
+        x2, r2 = RandomRotation(self.transform(img))
+        return x1, r1, x2, r2
+
+
+def build_sit_transform(input_size: int, is_train: bool = True, color_jitter: float = 0.4):
+    """SiT-v1's ``build_transform`` in SSL mode (see the module doc); eval: resize 256/224, centre crop."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    rgb = transforms.Lambda(lambda im: im.convert("RGB"))
+    norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if is_train:
+        tf = create_transform(input_size=input_size, is_training=True, color_jitter=color_jitter, auto_augment=None,
+                              interpolation="bicubic", re_prob=0.0, re_mode="pixel", re_count=0,
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        if input_size <= 32:  # the original replaces the random-resized crop
+            tf.transforms[0] = transforms.RandomCrop(input_size, padding=4)
+        return transforms.Compose([rgb, tf])
+    size = int((256 / 224) * input_size)
+    return transforms.Compose([rgb, transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(input_size), *norm])
+
+
+def sit_lr_per_epoch(base_lr: float, epochs: int, warmup_lr: float, warmup_epochs: int, min_lr: float) -> np.ndarray:
+    """The lr of each epoch under timm's ``CosineLRScheduler(t_initial=epochs, lr_min, warmup_lr_init,
+    warmup_t)`` stepped with ``step(epoch)`` after each epoch: epoch 0 runs at ``warmup_lr`` and epoch
+    e >= 1 at the scheduler's value for e - 1."""
+    def at(t):
+        if t < warmup_epochs:
+            return warmup_lr + t * (base_lr - warmup_lr) / warmup_epochs
+        if t >= epochs:  # past the first cycle (cycle_limit 1)
+            return min_lr
+        return min_lr + 0.5 * (base_lr - min_lr) * (1 + np.cos(np.pi * t / epochs))
+    return np.array([warmup_lr if e == 0 else at(e - 1) for e in range(epochs)], dtype=np.float64)
+
+
+@register_method("sit")
+class SiT(SSLMethod):
+    has_ema_teacher = False
+    loss_key = "criterion"
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        S = argparse.SUPPRESS
+        p = parser.add_argument_group("SiT-v1 (main.py at 1aacd6a; the seed's names are aliases)")
+        p.add_argument("--batch-size", dest="batch_size_per_gpu", type=int, default=S, help="per-GPU batch (72)")
+        p.add_argument("--min-lr", dest="min_lr", type=float, default=S, help="lower lr bound (1e-5)")
+        p.add_argument("--weight-decay", dest="weight_decay", type=float, default=S, help="weight decay (0.05)")
+        p.add_argument("--output", dest="output_dir", default=S, help="output directory (--output_dir)")
+        p.add_argument("--validate-every", dest="val_freq", type=int, default=S, help="validation every N epochs")
+        p.add_argument("--dataset_location", dest="data_path", default=S, help="dataset root (--data_path)")
+        p.add_argument("--data-set", dest="dataset", default=S, type=_sit_dataset, help="CIFAR10, STL10, ...")
+        p.add_argument("--clip-grad", dest="clip_grad", type=_none_or_float, default=S, help="clip norm (None)")
+        p.add_argument("--model", dest="arch", default=S, help="architecture (SiT_base_patch16_224, sit_small, ...)")
+        p.add_argument("--input-size", dest="input_size", type=int, default=224, help="images input size")
+        p.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+        p.add_argument("--drop-path", dest="drop_path_rate", type=float, default=S, help="drop path rate (0.1)")
+        p.add_argument("--warmup-lr", dest="warmup_lr", type=float, default=1e-6, help="warmup learning rate")
+        p.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, default=S, help="warm-up epochs (5)")
+        p.add_argument("--color-jitter", dest="color_jitter", type=float, default=0.4, help="color jitter factor")
+        p.add_argument("--model-ema", dest="model_ema", action="store_true", default=True)
+        p.add_argument("--no-model-ema", dest="model_ema", action="store_false")
+        p.add_argument("--model-ema-decay", dest="model_ema_decay", type=float, default=0.99996)
+        p.add_argument("--training-mode", dest="training_mode", default="SSL", choices=["SSL"],
+                       help="SSL (finetune: main_finetune.py)")
+        p.add_argument("--representation-size", dest="representation_size", type=int, default=None,
+                       help="pre-logits Linear + Tanh of this width (the '2-layer MLP' head)")
+        parser.set_defaults(arch="sit_base", patch_size=16, epochs=501, batch_size_per_gpu=72, lr=5e-4, min_lr=1e-5,
+                            warmup_epochs=5, weight_decay=0.05, weight_decay_end=0.05, clip_grad=0.0,
+                            drop_path_rate=0.1, optimizer="adamw", dataset="cifar10")
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        from ..models.registry import _ALIASES
+        if not _ALIASES.get(args.arch, args.arch).startswith("sit_"):
+            raise ValueError(f"--method sit trains a SiT ViT (sit_pico, sit_tiny, sit_small, sit_base / "
+                             f"SiT_base_patch16_224), not '{args.arch}'")
+        if args.optimizer != "adamw":
+            raise ValueError("SiT-v1 trains with AdamW (timm's create_optimizer, --opt adamw)")
+        if args.input_size % args.patch_size:
+            raise ValueError(f"--input-size {args.input_size} must be a multiple of --patch_size {args.patch_size}")
+        if args.batch_size_per_gpu < 2:
+            raise ValueError("the contrastive loss needs batches of at least 2 images")
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        self.args = args
+        self.student = create_backbone(args.arch, patch_size=args.patch_size, img_size=args.input_size,
+                                       training_mode="SSL", drop_rate=args.drop, drop_path_rate=args.drop_path_rate,
+                                       representation_size=args.representation_size)
+        self.teacher = None
+        self.criterion = MTL_loss(None, args.batch_size_per_gpu)
+        self.ema = None
+        if args.model_ema:
+            self.ema = copy.deepcopy(self.student).eval()
+            for p in self.ema.parameters():
+                p.requires_grad = False
+
+    def build_transform(self, args):
+        return SiTViews(build_sit_transform(args.input_size, True, args.color_jitter))
+
+    def schedules(self, args, niter_per_ep, bs_total):
+        per_epoch = sit_lr_per_epoch(args.lr * bs_total / 512.0, args.epochs, args.warmup_lr, args.warmup_epochs,
+                                     args.min_lr)
+        return {"lr": np.repeat(per_epoch, niter_per_ep),
+                "wd": np.full(args.epochs * niter_per_ep, args.weight_decay, dtype=np.float64), "momentum": None}
+
+    def param_groups(self, student):
+        """timm's ``add_weight_decay``: no decay for 1-D tensors, biases and ``no_weight_decay()``."""
+        bare = getattr(student, "module", student)
+        skip = bare.no_weight_decay()
+        decay, no_decay = [], []
+        for name, p in bare.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0}]
+
+    def corruption_rng(self, epoch: int, it: int, device: torch.device):
+        from ..utils.distributed import get_rank
+        seed = (int(self.args.seed) * 1_000_003 + get_rank() * 7919 + epoch * 100_003 + it) % (2 ** 32)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return np.random.RandomState(seed), gen
+
+    def forward_views(self, model, batch, epoch: int, it: int):
+        """Corrupt both views, forward them separately, return the loss terms' inputs."""
+        imgs1, rots1, imgs2, rots2 = batch
+        rng, gen = self.corruption_rng(epoch, it, imgs1.device)
+        imgs1_aug = distortImages(imgs1, rng=rng, generator=gen)
+        imgs2_aug = distortImages(imgs2, rng=rng, generator=gen)
+        rot1_p, con1_p, rec1, r_w, cn_w, rec_w = model(imgs1_aug)
+        rot2_p, con2_p, rec2, _, _, _ = model(imgs2_aug)
+        return dict(rot_p=torch.cat([rot1_p, rot2_p]), rots=torch.cat([rots1, rots2]), con1=con1_p, con2=con2_p,
+                    recon=torch.cat([rec1, rec2]), clean=torch.cat([imgs1, imgs2]), weights=(r_w, cn_w, rec_w),
+                    corrupted=(imgs1_aug, imgs2_aug))
+
+    def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
+        o = self.forward_views(student, batch, epoch, it)
+        r_w, cn_w, rec_w = o["weights"]
+        loss, (l_rot, l_con, l_rec) = self.criterion(o["rot_p"], o["rots"], o["con1"], o["con2"], o["recon"],
+                                                     o["clean"], r_w, cn_w, rec_w)
+        return loss, {"RotationLoss": l_rot.item(), "RotationScalar": r_w.item(), "ContrastiveLoss": l_con.item(),
+                      "ContrastiveScalar": cn_w.item(), "ReconstructionLoss": l_rec.item(),
+                      "ReconstructionScalar": rec_w.item()}
+
+    @torch.no_grad()
+    def update_teacher(self, momentum):
+        if self.ema is None:
+            return
+        d = self.args.model_ema_decay  # timm's ModelEma: a constant decay, buffers copied
+        for e, c in zip(self.ema.state_dict().values(), self.student.state_dict().values()):
+            if e.is_floating_point():
+                e.mul_(d).add_(c.detach(), alpha=1 - d)
+            else:
+                e.copy_(c)
+
+    def extra_checkpoint_state(self):
+        return {"model_ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_checkpoint_state(self, ckpt):
+        if self.ema is not None and "model_ema" in ckpt:
+            self.ema.load_state_dict(ckpt["model_ema"])
+
+
+_SIT_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10", "svhn": "svhn",
+                 "flowers": "flowers102", "flowers102": "flowers102", "fashion_mnist": "fashion_mnist",
+                 "imagenet": "imagefolder", "imagefolder": "imagefolder", "synthetic": "synthetic"}
+
+
+def _sit_dataset(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    if key not in _SIT_DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown --data-set {name!r}; known: {', '.join(sorted(_SIT_DATASETS))} "
+                                         "(other folders: --data-set imagefolder)")
+    return _SIT_DATASETS[key]
+
+
+def _none_or_float(v: str) -> float:
+    return 0.0 if str(v).lower() == "none" else float(v)
