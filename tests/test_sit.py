@@ -229,3 +229,30 @@ def test_exact_resume_and_the_checkpoint_loads_for_knn(tmp_path):
     ssl.load_state_dict({k[len("module."):]: v for k, v in a["student"].items()})
     tokens = ssl.eval().forward_features(x)
     torch.testing.assert_close(model(x), torch.cat([tokens[:, 0], tokens[:, 1]], 1))
+
+
+def test_ssl_losses_as_metrics_during_training_and_from_the_script(tmp_path):
+    flags = SIT + ["--data-set", "synthetic", "--synthetic_size", "32", "--epochs", "1", "--num_workers", "0",
+                   "--tensorboard", "false", "--warmup-epochs", "1", "--output", str(tmp_path / "run")]
+    p = _run(flags)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+    log = json.loads((tmp_path / "run" / "log.txt").read_text().splitlines()[-1])
+    keys = {"val_loss", "val_acc1", "val_acc5", "val_contrastive_loss", "val_reconstruction_loss", "val_total_loss"}
+    assert keys <= set(log) and log["val_acc5"] == 100.0 and 0 <= log["val_acc1"] <= 100
+    assert (tmp_path / "run" / "reconstruction_samples" / "Test_epoch_0.png").is_file()
+    script = [sys.executable, os.path.join(ROOT, "scripts", "eval_ssl_losses.py"), "--pretrained_weights",
+              str(tmp_path / "run" / "checkpoint.pth"), "--arch", "sit_pico", "--patch_size", "4", "--input-size", "16",
+              "--data-set", "synthetic", "--synthetic_size", "32", "--batch-size", "6", "--num_workers", "0"]
+    outs = []
+    for k in (1, 2):  # a fixed seed: two runs agree, and they equal the training run's validation
+        q = subprocess.run(script + ["--output_dir", str(tmp_path / f"ev{k}")], capture_output=True, text=True,
+                           env=ENV, cwd=ROOT, timeout=300)
+        assert q.returncode == 0, q.stderr[-2000:]
+        outs.append(json.loads((tmp_path / f"ev{k}" / "ssl_losses.json").read_text()))
+    assert outs[0] == outs[1] and (tmp_path / "ev1" / "reconstruction.png").is_file()
+    for k in ("loss", "acc1", "contrastive_loss", "reconstruction_loss", "total_loss"):
+        assert outs[0][k] == pytest.approx(log[f"val_{k}"], rel=1e-5), k
+    bad = subprocess.run(script[:-2] + ["--arch", "sit_tiny", "--output_dir", str(tmp_path / "bad")],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

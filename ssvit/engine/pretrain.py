@@ -481,6 +481,9 @@ class Trainer:
                 if self.tb is not None:
                     for k, v in stats.items():
                         self.tb.add_scalar(f"epoch/{k}", v, epoch)
+                    for k, v in log_stats.items():
+                        if k.startswith("val_") and isinstance(v, (int, float)):
+                            self.tb.add_scalar(f"val/{k[4:]}", v, epoch)
                     self.tb.flush()
                 if all_reduce_flags(stop.requested)[0]:
                     self.interrupted = epoch + 1 < args.epochs

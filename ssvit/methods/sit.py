@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 
 import numpy as np
 import torch
@@ -144,6 +145,36 @@ class SiT(SSLMethod):
 
     def build_transform(self, args):
         return SiTViews(build_sit_transform(args.input_size, True, args.color_jitter))
+
+    def dataset_path(self, args):
+        return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
+
+    # ---- "SSL losses as metrics" every --validate-every epochs
+    def val_loader(self):
+        if getattr(self, "_val_loader", None) is None:
+            from torch.utils.data import DataLoader
+
+            from ..data import build_dataset
+            from ..data.datasets import TransformedDataset
+            a = self.args
+            root = os.path.join(a.data_path, "val") if a.dataset in ("imagefolder", "imagenet1k") else a.data_path
+            base = build_dataset(a.dataset, root, train=False, download=a.download, synthetic_size=a.synthetic_size)
+            ds = TransformedDataset(base, SiTViews(build_sit_transform(a.input_size, False)), seed=a.seed)
+            self._val_loader = DataLoader(ds, batch_size=int(1.5 * a.batch_size_per_gpu), shuffle=False,
+                                          num_workers=a.num_workers)
+        return self._val_loader
+
+    def validate(self, epoch):
+        from ..evaluation.ssl_losses import evaluate_sit_losses
+        from ..utils.distributed import is_main_process
+        pic = os.path.join(self.args.output_dir, "reconstruction_samples", f"Test_epoch_{epoch}.png") \
+            if is_main_process() else None
+        device = next(self.student.parameters()).device
+        stats = evaluate_sit_losses(self.student, self.val_loader(), device, seed=self.args.seed, picture_path=pic)
+        print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}  "
+              f"(rotation; contrastive {stats['contrastive_loss']:.3f}, reconstruction "
+              f"{stats['reconstruction_loss']:.3f})")
+        return stats
 
     def schedules(self, args, niter_per_ep, bs_total):
         per_epoch = sit_lr_per_epoch(args.lr * bs_total / 512.0, args.epochs, args.warmup_lr, args.warmup_epochs,
