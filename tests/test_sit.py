@@ -170,7 +170,8 @@ def test_lr_schedule_is_timms_cosine_stepped_after_each_epoch():
     assert ours.tolist() == pytest.approx(expected, rel=1e-12) and ours[0] == ours[1] == 1e-6
 
 
-SIT = ["--method", "sit", "--arch", "sit_pico", "--patch_size", "4", "--input-size", "16", "--batch-size", "4"]
+SIT = ["--method", "sit", "--arch", "sit_pico", "--patch_size", "4", "--input-size", "16", "--batch-size", "4",
+       "--no-repeated-aug"]
 
 
 def test_a_few_steps_lower_the_loss_and_the_weights_train_without_decay():
@@ -204,6 +205,7 @@ def test_seed_readme_command_parses():
         (72, 501, 5e-6, 1e-3, "stl10", "checkpoints/SSL/STL10", 10)
     assert (a.arch, a.weight_decay, a.clip_grad, a.model_ema, a.model_ema_decay, a.warmup_lr, a.drop_path_rate) == \
         ("sit_base", 0.05, 0.0, True, 0.99996, 1e-6, 0.1)
+    assert a.repeated_aug is True
 
 
 def test_exact_resume_and_the_checkpoint_loads_for_knn(tmp_path):
@@ -256,3 +258,62 @@ def test_ssl_losses_as_metrics_during_training_and_from_the_script(tmp_path):
     bad = subprocess.run(script[:-2] + ["--arch", "sit_tiny", "--output_dir", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def _deit_rasampler(n, world, rank, epoch):
+    """DeiT's RASampler (samplers.py at SiT 1aacd6a), re-typed from the spec for comparison."""
+    g = torch.Generator()
+    g.manual_seed(epoch)
+    indices = torch.randperm(n, generator=g).tolist()
+    num_samples = int(math.ceil(n * 3.0 / world))
+    total = num_samples * world
+    indices = [e for e in indices for _ in range(3)]
+    indices += indices[:(total - len(indices))]
+    indices = indices[rank:total:world]
+    return indices[:int(math.floor(n // 256 * 256 / world))]
+
+
+def test_repeated_augmentation_order_draws_and_resume_skip():
+    from ssvit.data import RepeatedAugSampler
+    from ssvit.data.datasets import TransformedDataset
+
+    class Base:
+        targets = list(range(600))
+
+        def __len__(self):
+            return 600
+
+        def __getitem__(self, i):
+            return i, 0
+    ds = TransformedDataset(Base(), lambda img: torch.rand(1).item(), seed=0)
+    for world, rank in ((1, 0), (3, 1), (4, 3)):
+        s = RepeatedAugSampler(ds, num_replicas=world, rank=rank)
+        s.set_epoch(5)
+        items = list(s)
+        assert [i for i, _ in items] == _deit_rasampler(600, world, rank, 5) and len(s) == s.num_samples
+    s = RepeatedAugSampler(ds, 1, 0)
+    s.set_epoch(2)
+    items = list(s)
+    assert len(items) == 512 and items[0][0] == items[1][0] == items[2][0] and [d for _, d in items[:3]] == [0, 1, 2]
+    vals = [ds[it][0] for it in items[:3]]
+    assert len(set(vals)) == 3 and ds[items[0]][0] == vals[0]  # three different, reproducible draws
+    s.set_start(10)
+    assert list(s) == items[10:]
+    assert RepeatedAugSampler(TransformedDataset(type("B", (Base,), {"__len__": lambda self: 200})(), None),
+                              1, 0).num_samples == 0
+
+
+def test_repeated_aug_is_the_default_and_resumes_exactly(tmp_path):
+    flags = [f for f in SIT if f != "--no-repeated-aug"] + [
+        "--batch-size", "32", "--data-set", "synthetic", "--synthetic_size", "256", "--epochs", "1",
+        "--num_workers", "0", "--tensorboard", "false", "--warmup-epochs", "1", "--validate-every", "5"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = _run(flags + ["--output", str(full)])
+    assert p.returncode == 0 and "Data loaded" in p.stdout, p.stderr[-2000:]
+    assert _run(flags + ["--max_iters", "3", "--output", str(part)]).returncode == 0
+    assert _run(flags + ["--output", str(part)]).returncode == 0
+    a, b = load_checkpoint(str(full / "checkpoint.pth")), load_checkpoint(str(part / "checkpoint.pth"))
+    for k in a["student"]:
+        assert torch.equal(a["student"][k], b["student"][k]), k
+    small = _run(flags[:-12] + ["--data-set", "synthetic", "--synthetic_size", "64", "--output", str(tmp_path / "s")])
+    assert small.returncode == 2 and "--no-repeated-aug" in small.stderr and "Traceback" not in small.stderr

@@ -280,7 +280,10 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
+        draw = 0
+        if isinstance(index, (tuple, list)):  # (index, draw): a repeated sample's further augmentation
+            index, draw = int(index[0]), int(index[1])
         img, target = self.base[index]
         if self.seed is None:
             out = self.transform(img)
@@ -288,7 +291,7 @@ class TransformedDataset(Dataset):
             import random
 
             import numpy as np
-            sample_seed = (self.seed * 1_000_003 + self.epoch * 10_000_019 + index) % (2 ** 63)
+            sample_seed = (self.seed * 1_000_003 + self.epoch * 10_000_019 + index + draw * 7_777_777_777) % (2 ** 63)
             py_state, np_state = random.getstate(), np.random.get_state()
             with torch.random.fork_rng(devices=[]):
                 random.seed(sample_seed)

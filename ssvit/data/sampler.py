@@ -1,6 +1,10 @@
-"""A ``DistributedSampler`` that can start part-way through an epoch (exact mid-epoch resume)."""
+"""Samplers that can start part-way through an epoch (exact mid-epoch resume): DINO's
+``DistributedSampler`` order and DeiT's repeated-augmentation order."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch.utils.data import DistributedSampler
 
 
@@ -24,6 +28,47 @@ class ResumableDistributedSampler(DistributedSampler):
     def __iter__(self):
         indices = list(super().__iter__())
         return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class RepeatedAugSampler(torch.utils.data.Sampler):
+    """DeiT's ``RASampler`` (used by SiT-v1, ``--repeated-aug``): the epoch's permutation
+    (``randperm`` seeded by the epoch alone, as the original) with every index repeated 3 times
+    consecutively, padded to a multiple of the world size, strided by rank, then truncated to
+    ``floor(len // 256 * 256 / W)`` samples per rank (QUIRK kept: an epoch sees about a third of the
+    distinct images, each three times; fewer than 256 images give an empty epoch).
+
+    Items are ``(index, draw)`` pairs: ``TransformedDataset`` mixes ``draw`` into the sample's seed,
+    so the three repeats get different augmentations, as the original's unseeded transforms do.
+    ``set_start(n)`` skips the first ``n`` items of this rank's share (mid-epoch resume)."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, repeats: int = 3):
+        self.dataset, self.num_replicas, self.rank, self.shuffle, self.repeats = \
+            dataset, num_replicas, rank, shuffle, repeats
+        self.epoch, self.start = 0, 0
+        n = len(dataset)
+        self.num_repeated = int(math.ceil(n * float(repeats) / num_replicas))
+        self.total_size = self.num_repeated * num_replicas
+        self.num_samples = int(math.floor(n // 256 * 256 / num_replicas))  # what one rank reads per epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.start = epoch, 0
+
+    def set_start(self, n: int) -> None:
+        self.start = n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.epoch)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        items = [(ele, i) for ele in order for i in range(self.repeats)]
+        pad = self.total_size - len(items)
+        items += [(ele, i + self.repeats) for ele, i in items[:pad]]  # padded repeats: further draws
+        items = items[self.rank:self.total_size:self.num_replicas]
+        return iter(items[:self.num_samples][self.start:])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -117,8 +117,9 @@ class Trainer:
                              on_bad_image=args.on_bad_image, synthetic_size=args.synthetic_size,
                              synthetic_image_size=DATASET_INFO["synthetic"].image_size)
         self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed, with_index=True)
-        self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size,
-                                                   rank=self.dist.rank, shuffle=True, seed=args.seed)
+        self.sampler = self.method.build_sampler(self.dataset, self.dist.world_size, self.dist.rank, args.seed) or \
+            ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                        shuffle=True, seed=args.seed)
         self.niter_per_ep = self.sampler.num_samples // args.batch_size_per_gpu
         if self.niter_per_ep == 0:
             raise ValueError(f"the dataset has {len(self.dataset)} images, fewer than one batch per process "

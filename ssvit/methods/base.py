@@ -123,6 +123,11 @@ class SSLMethod(nn.Module):
         ``data_path/train``)."""
         return args.data_path
 
+    def build_sampler(self, dataset, num_replicas: int, rank: int, seed: int):
+        """The training sampler (``set_epoch``, ``set_start``, ``num_samples`` per rank), or None for
+        the engine's ``ResumableDistributedSampler``."""
+        return None
+
     def resume_source(self, args: argparse.Namespace, output_dir: str) -> Optional[str]:
         """The checkpoint to start from, or None: ``output_dir/checkpoint.pth`` when it exists."""
         path = os.path.join(output_dir, "checkpoint.pth")

@@ -19,7 +19,9 @@ batch size). Transform: timm's ``create_transform`` with colour jitter 0.4 and n
 Differences (documented): the corruption's NumPy draws and noise come from a generator seeded by
 (seed, rank, epoch, iteration) instead of the global state (exact resume); the total loss is a
 scalar, not shape (1,); a box smaller than the blur kernel is padded by replication (the original
-raises on such small images). Not yet built: repeated augmentation (``RASampler``).
+raises on such small images); the repeated-augmentation order (``--repeated-aug``, default on as
+the original) is drawn with the epoch each epoch (the original's single-GPU runs never call
+``set_epoch`` and reuse epoch 0's order).
 """
 from __future__ import annotations
 
@@ -108,6 +110,9 @@ class SiT(SSLMethod):
         p.add_argument("--model-ema", dest="model_ema", action="store_true", default=True)
         p.add_argument("--no-model-ema", dest="model_ema", action="store_false")
         p.add_argument("--model-ema-decay", dest="model_ema_decay", type=float, default=0.99996)
+        p.add_argument("--repeated-aug", dest="repeated_aug", action="store_true", default=True,
+                       help="DeiT's repeated augmentation (RASampler: a third of the images, each 3 times)")
+        p.add_argument("--no-repeated-aug", dest="repeated_aug", action="store_false")
         p.add_argument("--training-mode", dest="training_mode", default="SSL", choices=["SSL"],
                        help="SSL (finetune: main_finetune.py)")
         p.add_argument("--representation-size", dest="representation_size", type=int, default=None,
@@ -145,6 +150,16 @@ class SiT(SSLMethod):
 
     def build_transform(self, args):
         return SiTViews(build_sit_transform(args.input_size, True, args.color_jitter))
+
+    def build_sampler(self, dataset, num_replicas, rank, seed):
+        if not self.args.repeated_aug:
+            return None
+        from ..data import RepeatedAugSampler
+        sampler = RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
+        if sampler.num_samples == 0:
+            raise ValueError(f"--repeated-aug reads floor(N // 256 * 256 / world size) images per epoch: "
+                             f"{len(dataset)} images give none (use --no-repeated-aug)")
+        return sampler
 
     def dataset_path(self, args):
         return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
