@@ -72,6 +72,7 @@ def parse(argv):
     args.clip_grad = 0.0  # the engine's per-parameter clipping stays off; MAE's global-norm clip is the task's
     args.finetune_clip_grad = args.finetune_clip_grad or 0.0
     args.global_crops_size = args.input_size
+    args.weight_decay_end = args.weight_decay  # MAE / DeiT keep the weight decay constant
     return args
 
 

@@ -39,6 +39,10 @@ def get_args_parser(argv=None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from ssvit.methods.sit import finetune_argv, is_sit_finetune
+    if is_sit_finetune(argv):  # SiT-v1's main.py --training-mode finetune: the finetuning task
+        import main_finetune
+        return main_finetune.main(finetune_argv(argv))
     parser = get_args_parser(argv)
     args = parse_with_config(parser, argv)
     from ssvit.engine.pretrain import Trainer, TrainingDiverged

@@ -317,3 +317,66 @@ def test_repeated_aug_is_the_default_and_resumes_exactly(tmp_path):
         assert torch.equal(a["student"][k], b["student"][k]), k
     small = _run(flags[:-12] + ["--data-set", "synthetic", "--synthetic_size", "64", "--output", str(tmp_path / "s")])
     assert small.returncode == 2 and "--no-repeated-aug" in small.stderr and "Traceback" not in small.stderr
+
+
+def test_finetune_mode_translates_the_seed_flags():
+    from ssvit.methods.sit import finetune_argv, is_sit_finetune
+    seed = ("--method sit --batch-size 120 --epochs 501 --lr 1e-3 --weight-decay 5e-4 --min-lr 5e-6 "
+            "--training-mode finetune --validate-every 10 --SiT_LinearEvaluation 1 --data-set CIFAR100 "
+            "--output out --no-model-ema --clip-grad None --pin-mem --representation-size 1024").split()
+    assert is_sit_finetune(seed) and not is_sit_finetune(["--method", "sit"])
+    from main_finetune import parse
+    a = parse(finetune_argv(seed))
+    assert (a.arch, a.batch_size_per_gpu, a.epochs, a.lr, a.weight_decay, a.weight_decay_end, a.min_lr, a.val_freq) == \
+        ("sit_base", 120, 501, 5e-4, 5e-4, 5e-4, 5e-6, 10)  # lr per 512 images = blr per 256 / 2
+    assert (a.sit_linear_evaluation, a.dataset, a.nb_classes, a.output_dir, a.model_ema, a.representation_size) == \
+        (True, "cifar100", 100, "out", False, 1024)
+    assert (a.lr_sched, a.layer_decay, a.repeated_aug, a.mixup, a.smoothing, a.finetune_clip_grad) == \
+        ("timm_epoch", 1.0, True, 0.8, 0.1, 0.0)
+
+
+def test_finetune_and_linear_evaluation_modes_from_an_ssl_checkpoint(tmp_path):
+    pre = tmp_path / "pre"
+    common = ["--arch", "sit_pico", "--patch_size", "4", "--input-size", "16", "--data-set", "synthetic",
+              "--synthetic_size", "32", "--batch-size", "8", "--num_workers", "0", "--tensorboard", "false",
+              "--no-repeated-aug", "--warmup-epochs", "1"]
+    assert _run(["--method", "sit", "--epochs", "1", "--output", str(pre)] + common).returncode == 0
+    ssl = load_checkpoint(str(pre / "checkpoint.pth"))["student"]
+    for linear in ("1", "0"):
+        out = tmp_path / f"ft{linear}"
+        p = _run(["--method", "sit", "--training-mode", "finetune", "--SiT_LinearEvaluation", linear, "--epochs", "2",
+                  "--finetune", str(pre / "checkpoint.pth"), "--output", str(out), "--lr", "1e-2",
+                  "--mixup", "0", "--cutmix", "0"] + common)
+        assert p.returncode == 0 and "Finetuning from" in p.stdout, p.stderr[-2000:]
+        st = {k[len("module."):]: v for k, v in load_checkpoint(str(out / "checkpoint.pth"))["student"].items()}
+        assert st["rot_head.weight"].shape == (10, 96) and "convTrans.weight" not in st
+        same_blocks = torch.equal(st["blocks.0.attn.qkv.weight"], ssl["module.blocks.0.attn.qkv.weight"])
+        assert same_blocks == (linear == "1")  # linear evaluation trains only the heads
+        import json
+        log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+        assert {"val_acc1", "val_acc5", "val_loss"} <= set(log[-1])
+
+
+def test_finetune_evaluation_averages_the_two_heads_and_sums_their_losses():
+    import argparse
+
+    from ssvit.methods.finetune import Finetune
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x[:, :3], x[:, 3:]
+    x = torch.tensor([[5.0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 9], [0, 0, 1, 9, 0, 0]])
+    y = torch.tensor([0, 2, 2])
+    ft = Finetune.__new__(Finetune)
+    torch.nn.Module.__init__(ft)
+    ft.args = argparse.Namespace(dist_eval=False)
+    ft._val_loader, ft._val_size = [(x, y)], 3
+    stats = ft.evaluate(TwoHeads())
+    mean = (x[:, :3] + x[:, 3:]) / 2  # predictions 0, 2, 0 -> 2 of 3
+    assert stats["acc1"] == pytest.approx(200 / 3)
+    assert stats["loss"] == pytest.approx((F.cross_entropy(x[:, :3], y) + F.cross_entropy(x[:, 3:], y)).item())
+    assert mean.argmax(1).tolist() == [0, 2, 0]

@@ -92,6 +92,18 @@ def add_finetune_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--cls_token", action="store_false", dest="global_pool",
                    help="Use class token instead of global pool for classification")
     p.set_defaults(global_pool=True)
+    p.add_argument("--lr_sched", default="cosine", choices=["cosine", "timm_epoch"],
+                   help="cosine: per-iteration warm-up + half cosine (MAE); timm_epoch: timm's per-epoch cosine "
+                        "stepped after each epoch from --warmup_lr (DeiT / SiT-v1)")
+    p.add_argument("--warmup_lr", default=1e-6, type=float, help="start lr of --lr_sched timm_epoch's warm-up")
+    p.add_argument("--repeated_aug", default=False, type=bool_flag,
+                   help="DeiT's repeated augmentation (RASampler), as SiT-v1's finetuning")
+    p.add_argument("--representation_size", default=None, type=int,
+                   help="SiT models: the pre-logits Linear + Tanh ('2-layer MLP') of this width")
+    p.add_argument("--drop", default=0.0, type=float, help="SiT models: dropout rate")
+    p.add_argument("--sit_linear_evaluation", default=False, type=bool_flag,
+                   help="SiT-v1's --SiT_LinearEvaluation 1: train only the two heads (and pre-logits); the "
+                        "backbone stays in train mode with the finetuning augmentations (QUIRK kept)")
     p.add_argument("--dist_eval", action="store_true", default=False,
                    help="Enabling distributed evaluation (each rank validates its share; default: every rank "
                         "validates the whole set)")
@@ -151,6 +163,38 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float) 
                            "layer_id": ids[name]}
         groups[key]["params"].append(p)
     return [groups[k] for k in sorted(groups)]
+
+
+def is_sit_arch(arch: str) -> bool:
+    from ..models.registry import _ALIASES
+    return _ALIASES.get(arch, arch).startswith("sit_")
+
+
+def build_sit_finetune_model(args) -> nn.Module:
+    """SiT-v1's finetuning model (``training_mode='finetune'``: two heads, ``forward`` -> both logits),
+    loaded as the original: the checkpoint's ``model`` (or an ssvit ``student``), heads of another
+    shape dropped, ``pos_embed`` resized keeping the two extra tokens, the rest required. With
+    ``--sit_linear_evaluation`` only the heads (and pre-logits) train."""
+    model = create_backbone(args.arch, patch_size=args.patch_size, img_size=args.input_size,
+                            training_mode="finetune", num_classes=args.nb_classes, drop_rate=args.drop,
+                            drop_path_rate=args.drop_path_rate, representation_size=args.representation_size)
+    if args.finetune:
+        from ..utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
+        ck = load_checkpoint(args.finetune)
+        sd = next((ck[k] for k in ("model", args.checkpoint_key, "student") if isinstance(ck.get(k), dict)), ck)
+        sd = model.checkpoint_filter(strip_prefixes(sd, ("module.",)))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        trainable_new = ("rot_head.", "contrastive_head.", "pre_logits_")
+        bad = [k for k in missing if not k.startswith(trainable_new)]
+        if bad or unexpected:
+            raise CheckpointError(f"'{args.finetune}' does not fit {args.arch}: missing {bad[:8]}, unexpected "
+                                  f"{list(unexpected)[:8]}")
+        print(f"Finetuning from {args.finetune} (SiT layout)")
+    if args.sit_linear_evaluation:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(("rot_head.", "contrastive_head.", "pre_logits_rot.fc.",
+                                               "pre_logits_contrastive.fc."))
+    return model
 
 
 def _clamp_posterize_bits() -> None:
@@ -216,13 +260,18 @@ class Finetune(SSLMethod):
     def __init__(self, args: argparse.Namespace):
         super().__init__()
         self.args = args
-        backbone = create_backbone(args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate,
-                                   img_size=args.input_size)
-        if args.finetune:
-            from ..models.loading import load_backbone_state, read_pretrained_state
-            load_backbone_state(backbone, read_pretrained_state(args.finetune, args.checkpoint_key), args.arch)
-            print(f"Finetuning from {args.finetune} (key '{args.checkpoint_key}')")
-        self.student = FinetuneModel(backbone, args.nb_classes, global_pool=args.global_pool)
+        if is_sit_arch(args.arch):
+            self.student = build_sit_finetune_model(args)
+        else:
+            if args.sit_linear_evaluation or args.representation_size:
+                raise ValueError("--sit_linear_evaluation and --representation_size apply to SiT models (sit_*)")
+            backbone = create_backbone(args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate,
+                                       img_size=args.input_size)
+            if args.finetune:
+                from ..models.loading import load_backbone_state, read_pretrained_state
+                load_backbone_state(backbone, read_pretrained_state(args.finetune, args.checkpoint_key), args.arch)
+                print(f"Finetuning from {args.finetune} (key '{args.checkpoint_key}')")
+            self.student = FinetuneModel(backbone, args.nb_classes, global_pool=args.global_pool)
         self.teacher = None
         self.criterion = nn.Module()  # stateless; the loss is chosen below
         self.mixup_fn = None
@@ -267,7 +316,31 @@ class Finetune(SSLMethod):
             if images.shape[0] % 2:
                 raise ValueError("mixup needs an even batch size (timm's Mixup)")
             images, targets = self.mixup_fn(images, targets)
-        return self.loss(student(images), targets), {}
+        out = student(images)
+        if isinstance(out, tuple):  # SiT: the rotation-token and contrastive-token heads, both supervised
+            return self.loss(out[0], targets) + self.loss(out[1], targets), {}
+        return self.loss(out, targets), {}
+
+    def build_sampler(self, dataset, num_replicas, rank, seed):
+        if not self.args.repeated_aug:
+            return None
+        from ..data import RepeatedAugSampler
+        sampler = RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
+        if sampler.num_samples == 0:
+            raise ValueError(f"--repeated_aug reads floor(N // 256 * 256 / world size) images per epoch: "
+                             f"{len(dataset)} images give none")
+        return sampler
+
+    def schedules(self, args, niter_per_ep, bs_total):
+        if args.lr_sched != "timm_epoch":
+            return None
+        import numpy as np
+
+        from ..objectives.schedules import timm_cosine_per_epoch
+        per_epoch = timm_cosine_per_epoch(args.lr * bs_total / 256.0, args.epochs, args.warmup_lr,
+                                          args.warmup_epochs, args.min_lr)
+        return {"lr": np.repeat(per_epoch, niter_per_ep),
+                "wd": np.full(args.epochs * niter_per_ep, args.weight_decay, dtype=np.float64), "momentum": None}
 
     def param_groups(self, student):
         return param_groups_lrd(self.student, self.args.weight_decay, self.args.layer_decay)
@@ -321,10 +394,15 @@ class Finetune(SSLMethod):
         for images, target in self.val_loader():
             images, target = images.to(device), target.to(device)
             out = model(images)
+            if isinstance(out, tuple):  # SiT's evaluate_finetune: mean of the two heads, sum of their losses
+                loss = F.cross_entropy(out[0], target) + F.cross_entropy(out[1], target)
+                out = (out[0] + out[1]) / 2
+            else:
+                loss = F.cross_entropy(out, target)
             b = images.shape[0]
             k5 = min(5, out.shape[1])
             a1, a5 = accuracy(out, target, topk=(1, k5))
-            tot["loss"] += F.cross_entropy(out, target).item() * b
+            tot["loss"] += loss.item() * b
             tot["acc1"] += a1.item() * b
             tot["acc5"] += a5.item() * b
             tot["n"] += b

@@ -71,16 +71,9 @@ def build_sit_transform(input_size: int, is_train: bool = True, color_jitter: fl
 
 
 def sit_lr_per_epoch(base_lr: float, epochs: int, warmup_lr: float, warmup_epochs: int, min_lr: float) -> np.ndarray:
-    """The lr of each epoch under timm's ``CosineLRScheduler(t_initial=epochs, lr_min, warmup_lr_init,
-    warmup_t)`` stepped with ``step(epoch)`` after each epoch: epoch 0 runs at ``warmup_lr`` and epoch
-    e >= 1 at the scheduler's value for e - 1."""
-    def at(t):
-        if t < warmup_epochs:
-            return warmup_lr + t * (base_lr - warmup_lr) / warmup_epochs
-        if t >= epochs:  # past the first cycle (cycle_limit 1)
-            return min_lr
-        return min_lr + 0.5 * (base_lr - min_lr) * (1 + np.cos(np.pi * t / epochs))
-    return np.array([warmup_lr if e == 0 else at(e - 1) for e in range(epochs)], dtype=np.float64)
+    """SiT-v1's lr per epoch: timm's cosine stepped after each epoch (``timm_cosine_per_epoch``)."""
+    from ..objectives.schedules import timm_cosine_per_epoch
+    return timm_cosine_per_epoch(base_lr, epochs, warmup_lr, warmup_epochs, min_lr)
 
 
 @register_method("sit")
@@ -113,8 +106,10 @@ class SiT(SSLMethod):
         p.add_argument("--repeated-aug", dest="repeated_aug", action="store_true", default=True,
                        help="DeiT's repeated augmentation (RASampler: a third of the images, each 3 times)")
         p.add_argument("--no-repeated-aug", dest="repeated_aug", action="store_false")
-        p.add_argument("--training-mode", dest="training_mode", default="SSL", choices=["SSL"],
-                       help="SSL (finetune: main_finetune.py)")
+        p.add_argument("--training-mode", dest="training_mode", default="SSL", choices=["SSL", "finetune"],
+                       help="SSL, or finetune (run by main_finetune.py with SiT's recipe, see finetune_argv)")
+        p.add_argument("--SiT_LinearEvaluation", dest="SiT_LinearEvaluation", type=int, default=0, choices=[0, 1],
+                       help="with --training-mode finetune: train only the heads (SiT's linear / MLP evaluation)")
         p.add_argument("--representation-size", dest="representation_size", type=int, default=None,
                        help="pre-logits Linear + Tanh of this width (the '2-layer MLP' head)")
         parser.set_defaults(arch="sit_base", patch_size=16, epochs=501, batch_size_per_gpu=72, lr=5e-4, min_lr=1e-5,
@@ -269,3 +264,96 @@ def _sit_dataset(name: str) -> str:
 
 def _none_or_float(v: str) -> float:
     return 0.0 if str(v).lower() == "none" else float(v)
+
+
+# --------------------------------------------------------------------------- --training-mode finetune
+#: SiT-v1 main.py's finetuning defaults in main_finetune.py's names (lr per 512 images -> blr per 256)
+SIT_FINETUNE_DEFAULTS = ["--model", "sit_base", "--batch_size", "72", "--epochs", "501", "--blr", "2.5e-4",
+                         "--min_lr", "1e-5", "--warmup_lr", "1e-6", "--warmup_epochs", "5", "--weight_decay", "0.05",
+                         "--drop_path", "0.1", "--layer_decay", "1.0", "--lr_sched", "timm_epoch",
+                         "--model_ema", "true", "--model_ema_decay", "0.99996", "--repeated_aug", "true",
+                         "--smoothing", "0.1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
+                         "--aa", "rand-m9-mstd0.5-inc1", "--color_jitter", "0.4",
+                         "--dataset", "cifar10", "--num_workers", "10", "--patch_size", "16"]
+_RENAMES = {"--batch-size": "--batch_size", "--min-lr": "--min_lr", "--weight-decay": "--weight_decay",
+            "--output": "--output_dir", "--validate-every": "--val_freq", "--dataset_location": "--data_path",
+            "--data-set": "--dataset", "--input-size": "--input_size", "--drop-path": "--drop_path",
+            "--warmup-lr": "--warmup_lr", "--warmup-epochs": "--warmup_epochs", "--color-jitter": "--color_jitter",
+            "--clip-grad": "--clip_grad", "--model-ema-decay": "--model_ema_decay",
+            "--representation-size": "--representation_size", "--cutmix-minmax": "--cutmix_minmax",
+            "--mixup-prob": "--mixup_prob", "--mixup-switch-prob": "--mixup_switch_prob",
+            "--mixup-mode": "--mixup_mode", "--SiT_LinearEvaluation": "--sit_linear_evaluation",
+            "--dist-eval": "--dist_eval"}
+#: main.py flags with no meaning here (device placement, pinned memory, the launcher's world size)
+_IGNORED = {"--pin-mem", "--no-pin-mem", "--model-ema-force-cpu", "--world_size", "--start_epoch"}
+_SWITCHES = {"--model-ema": ("--model_ema", "true"), "--no-model-ema": ("--model_ema", "false"),
+             "--repeated-aug": ("--repeated_aug", "true"), "--no-repeated-aug": ("--repeated_aug", "false")}
+
+
+def is_sit_finetune(argv) -> bool:
+    """``--method sit --training-mode finetune`` among ``argv``."""
+    a = list(argv)
+    def value(flag):
+        for i, x in enumerate(a):
+            if x == flag and i + 1 < len(a):
+                return a[i + 1]
+            if x.startswith(flag + "="):
+                return x.split("=", 1)[1]
+        return None
+    return value("--method") == "sit" and value("--training-mode") == "finetune"
+
+
+def finetune_argv(argv) -> list[str]:
+    """The seed's ``main.py --training-mode finetune`` flags as ``main_finetune.py`` flags, after SiT's
+    finetuning defaults: names translated (``--batch-size`` -> ``--batch_size``, ``--data-set`` ->
+    ``--dataset``, ``--output`` -> ``--output_dir``, ...), ``--lr`` (per 512 images) -> ``--blr`` (per 256),
+    ``--SiT_LinearEvaluation 1`` -> ``--sit_linear_evaluation true``; other flags pass unchanged."""
+    out = list(SIT_FINETUNE_DEFAULTS)
+    a = list(argv)
+    i = 0
+    while i < len(a):
+        flag, val = a[i], None
+        if "=" in flag and flag.startswith("--"):
+            flag, val = flag.split("=", 1)
+        if flag in ("--method", "--training-mode"):
+            i += 1 if val is not None else 2
+            continue
+        if flag in _IGNORED:
+            takes = val is None and i + 1 < len(a) and not a[i + 1].startswith("--")
+            i += 2 if takes else 1
+            continue
+        if flag in _SWITCHES:
+            out += list(_SWITCHES[flag])
+            i += 1
+            continue
+        takes_value = i + 1 < len(a) and not (a[i + 1].startswith("--") and not _is_number(a[i + 1]))
+        if val is None and takes_value:
+            val = a[i + 1]
+            i += 2
+        else:
+            i += 1
+        if flag == "--lr" and val is not None:
+            out += ["--blr", repr(float(val) / 2)]
+        elif flag == "--data-set" and val is not None:
+            out += ["--dataset", _sit_dataset(val)]
+        elif flag == "--SiT_LinearEvaluation" and val is not None:
+            out += ["--sit_linear_evaluation", "true" if int(val) else "false"]
+        elif flag == "--clip-grad" and val is not None and val.lower() == "none":
+            continue
+        else:
+            out += [_RENAMES.get(flag, flag)] + ([val] if val is not None else [])
+    if "--nb_classes" not in out:  # SiT takes the class count from the dataset
+        from ..data.datasets import DATASET_INFO
+        ds = out[len(out) - 1 - out[::-1].index("--dataset") + 1]
+        n = DATASET_INFO.get(ds).num_classes if ds in DATASET_INFO else None
+        if n:
+            out += ["--nb_classes", str(n)]
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
