@@ -6,5 +6,6 @@ from .ibot import iBOT
 from .finetune import Finetune
 from .sere import DINOSERE, iBOTSERE
 from .sit import SiT
+from .sit_v2 import SiTv2
 
-__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE", "Finetune", "SiT"]
+__all__ = ["SSLMethod", "get_method", "list_methods", "register_method", "DINO", "EsViT", "iBOT", "iBOTSERE", "DINOSERE", "Finetune", "SiT", "SiTv2"]

@@ -201,3 +201,73 @@ def sit_small(patch_size: int = 16, **kwargs):
 def sit_base(patch_size: int = 16, **kwargs):
     """The original's only size: ViT-B/16 (``SiT_base_patch16_224``)."""
     return _sit("base", patch_size, **kwargs)
+
+
+# =========================================================================== SiT-v2 (HEAD) heads
+class CLSHead(nn.Module):
+    """SiT-v2's projection head (``vision_transformer.py``): ``nlayers`` 1 is one Linear (keys
+    ``mlp.weight`` / ``mlp.bias``); otherwise Linear(in, hidden) -> BN -> ReLU, then ``nlayers - 2``
+    x (Linear(hidden, hidden) -> BN -> GELU) (QUIRK kept: ReLU first, GELU after), then
+    Linear(hidden, bottleneck) -> BN(affine=False). Linear weights trunc-normal 0.02, biases 0.
+    (B, in_dim) -> (B, bottleneck_dim)."""
+
+    def __init__(self, in_dim: int, bottleneck_dim: int, nlayers: int = 3, hidden_dim: int = 4096):
+        super().__init__()
+        nlayers = max(nlayers, 1)
+        if nlayers == 1:
+            self.mlp = nn.Linear(in_dim, bottleneck_dim)
+        else:
+            layers = [nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+            for _ in range(nlayers - 2):
+                layers += [nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU()]
+            layers += [nn.Linear(hidden_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim, affine=False)]
+            self.mlp = nn.Sequential(*layers)
+        self.apply(_trunc_normal_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class RECHead(nn.Module):
+    """SiT-v2's reconstruction head: 3 x (Linear(D, D) + GELU) on the patch tokens (B, N, D), then
+    ``convTrans`` ConvTranspose2d(D, in_chans, patch, stride patch) on the (B, D, sqrt N, sqrt N) map
+    -> (B, in_chans, H, W)."""
+
+    def __init__(self, in_dim: int, in_chans: int = 3, patch_size: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.GELU(),
+                                 nn.Linear(in_dim, in_dim), nn.GELU())
+        self.apply(_trunc_normal_linear)
+        self.convTrans = nn.ConvTranspose2d(in_dim, in_chans, kernel_size=(patch_size, patch_size),
+                                            stride=(patch_size, patch_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_rec = self.mlp(x).transpose(1, 2)
+        side = int(math.sqrt(x_rec.size(2)))
+        return self.convTrans(x_rec.unflatten(2, (side, side)))
+
+
+def _trunc_normal_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+
+
+class FullPipline(nn.Module):  # the original's spelling
+    """SiT-v2's network: ``backbone`` (a ViT returning all normed tokens), ``head`` (``CLSHead`` on the
+    CLS token) and ``head_recons`` (``RECHead`` on the patch tokens). ``forward(x, recons=True)`` ->
+    ``(head(cls) (B, K), reconstruction (B, C, H, W) or None)``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, head_recons: nn.Module):
+        super().__init__()
+        if hasattr(backbone, "head"):
+            backbone.head = nn.Identity()
+        self.backbone, self.head, self.head_recons = backbone, head, head_recons
+
+    def forward(self, x: torch.Tensor, recons: bool = True):
+        out = self.backbone(x, return_all_tokens=True)
+        prefix = getattr(self.backbone, "num_prefix_tokens", 1)
+        if recons:
+            return self.head(out[:, 0]), self.head_recons(out[:, prefix:])
+        return self.head(out[:, 0]), None

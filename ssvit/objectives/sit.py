@@ -225,3 +225,105 @@ def distortImages(samples: torch.Tensor, rng=None, generator: Optional[torch.Gen
         if idx_rnd != i:
             samples_aug[i] = drop_rand_patches(samples_aug[i], samples_aug[idx_rnd], rng=rng)
     return samples_aug
+
+
+# =========================================================================== SiT-v2 (HEAD)
+class SimCLR(nn.Module):
+    """SiT-v2's momentum contrastive loss (``SimCLR(temp)``): the student's and the teacher's outputs
+    (2B, K) are split into the two views; ``CL(q, k) = CE(normalize(q) . all_gather(normalize(k))^T / temp,
+    arange(B) + B * rank) * 2 temp``; the loss is ``CL(s_0, t_1) + CL(s_1, t_0)`` (teacher detached).
+    Works without an initialised process group (one rank; the original requires one)."""
+
+    def __init__(self, temp: float = 0.2):
+        super().__init__()
+        self.temp = temp
+
+    def contrastive_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        q = F.normalize(q, dim=1)
+        k = F.normalize(k, dim=1)
+        from ..utils.distributed import get_rank, get_world_size
+        k = concat_all_gather(k)
+        logits = torch.einsum("nc,mc->nm", [q, k]) / self.temp
+        N = logits.shape[0]
+        labels = torch.arange(N, dtype=torch.long, device=logits.device) + N * (get_rank() if get_world_size() > 1 else 0)
+        return F.cross_entropy(logits, labels) * (2 * self.temp)
+
+    @fp32_island
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        s = student_output.chunk(2)
+        t = teacher_output.detach().chunk(2)
+        return self.contrastive_loss(s[0], t[1]) + self.contrastive_loss(s[1], t[0])
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """``all_gather`` of ``tensor`` over the ranks, concatenated (the tensor itself without a group);
+    the exchange runs on the backend's device (NCCL: GPU, Gloo: CPU)."""
+    from ..utils.distributed import collective_device, get_world_size, is_dist
+    if not is_dist() or get_world_size() == 1:
+        return tensor
+    comm = collective_device()
+    t = tensor.to(comm)
+    out = [torch.empty_like(t) for _ in range(get_world_size())]
+    torch.distributed.all_gather(out, t)
+    return torch.cat(out, dim=0).to(tensor.device)
+
+
+def GMML_drop_rand_patches(X: torch.Tensor, X_rep: Optional[torch.Tensor] = None, drop_type: str = "noise",  # noqa: N802
+                           max_replace: float = 0.7, align: int = 16, max_block_sz: float = 0.3, rng=None,
+                           generator: Optional[torch.Generator] = None):
+    """GMML corruption of one image ``X`` (C, H, W), in place: blocks (top / left aligned to
+    ``align``, sides up to ``max_block_sz`` of the image, rounded to ``align``) are filled -- from
+    ``X_rep`` at the same place, else per ``drop_type`` (one of its ``-``-separated entries, drawn):
+    ``noise`` N(0, 1), ``zeros``, or a block copied from another place of ``X`` -- until the mask
+    covers ``U(min(0.5, max_replace), max_replace) * H * W`` pixels. Returns ``(X, mask)``, mask
+    (C, H, W) of 0/1. The original re-seeds NumPy from OS entropy on every call; here the draws come
+    from ``rng`` (default: NumPy's global state, which the dataset seeds per sample)."""
+    rng = rng or np.random
+    C, H, W = X.size()
+    n_drop_pix = rng.uniform(min(0.5, max_replace), max_replace) * H * W
+    mx_h, mx_w = int(H * max_block_sz), int(W * max_block_sz)
+    align = max(1, align)
+    mask = torch.zeros_like(X)
+    drop_t = rng.choice(drop_type.split("-"))
+    while mask[0].sum() < n_drop_pix:
+        r = (rng.randint(0, H - align) // align) * align
+        c = (rng.randint(0, W - align) // align) * align
+        h = round(min(rng.randint(align, mx_h), H - r) / align) * align
+        w = round(min(rng.randint(align, mx_w), W - c) / align) * align
+        if X_rep is not None:
+            X[:, r:r + h, c:c + w] = X_rep[:, r:r + h, c:c + w].detach().clone()
+        elif drop_t == "noise":
+            X[:, r:r + h, c:c + w] = torch.empty((C, h, w), dtype=X.dtype, device=X.device).normal_(generator=generator)
+        elif drop_t == "zeros":
+            X[:, r:r + h, c:c + w] = 0
+        else:
+            r2 = (rng.randint(0, H - h) // align) * align
+            c2 = (rng.randint(0, W - w) // align) * align
+            X[:, r:r + h, c:c + w] = X[:, r2:r2 + h, c2:c2 + w].detach().clone()
+        mask[:, r:r + h, c:c + w] = 1
+    return X, mask
+
+
+@torch.no_grad()
+def GMML_replace_list(samples: torch.Tensor, corrup_prev: torch.Tensor, masks_prev: torch.Tensor,  # noqa: N802
+                      drop_type: str = "noise", max_replace: float = 0.35, align: int = 16, rng=None, py_rng=None):
+    """SiT-v2's batch re-corruption (``collate_batch``): for each image i, ``j = randint(0, B)``; with
+    probability ``1 / (len(drop_type.split('-')) + 1)`` (1 for ``''``) the *clean* image i is corrupted
+    with blocks of clean image j (which may be i itself: a mask over unchanged pixels, as the
+    original), else its previous corruption and mask are kept. Returns ``(samples_aug, masks)``."""
+    import random as _random
+    rng = rng or np.random
+    py_rng = py_rng or _random
+    rep_drop = 1 if drop_type == "" else (1 / (len(drop_type.split("-")) + 1))
+    n_imgs = samples.size(0)
+    samples_aug = samples.detach().clone()
+    masks = torch.zeros_like(samples_aug)
+    for i in range(n_imgs):
+        idx_rnd = rng.randint(0, n_imgs)
+        if py_rng.random() < rep_drop:
+            samples_aug[i], masks[i] = GMML_drop_rand_patches(samples_aug[i], samples[idx_rnd], max_replace=max_replace,
+                                                              align=align, rng=rng)
+        else:
+            samples_aug[i], masks[i] = corrup_prev[i], masks_prev[i]
+    return samples_aug, masks
