@@ -159,15 +159,17 @@ def test_lr_schedule_is_timms_cosine_stepped_after_each_epoch():
     from timm.scheduler import CosineLRScheduler
 
     from ssvit.methods.sit import sit_lr_per_epoch
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = CosineLRScheduler(opt, t_initial=12, lr_min=1e-5, warmup_lr_init=1e-6, warmup_t=3, cycle_limit=1,
-                              t_in_epochs=True)
-    expected = []
-    for epoch in range(12):  # DeiT / SiT: train the epoch, then lr_scheduler.step(epoch)
-        expected.append(opt.param_groups[0]["lr"])
-        sched.step(epoch)
-    ours = sit_lr_per_epoch(1e-3, 12, 1e-6, 3, 1e-5)
-    assert ours.tolist() == pytest.approx(expected, rel=1e-12) and ours[0] == ours[1] == 1e-6
+    for warmup in (3, 0):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = CosineLRScheduler(opt, t_initial=12, lr_min=1e-5, warmup_lr_init=1e-6, warmup_t=warmup,
+                                  cycle_limit=1, t_in_epochs=True)
+        expected = []
+        for epoch in range(12):  # DeiT / SiT: train the epoch, then lr_scheduler.step(epoch)
+            expected.append(opt.param_groups[0]["lr"])
+            sched.step(epoch)
+        ours = sit_lr_per_epoch(1e-3, 12, 1e-6, warmup, 1e-5)
+        assert ours.tolist() == pytest.approx(expected, rel=1e-12), warmup
+    assert sit_lr_per_epoch(1e-3, 12, 1e-6, 3, 1e-5)[:2].tolist() == [1e-6, 1e-6]
 
 
 SIT = ["--method", "sit", "--arch", "sit_pico", "--patch_size", "4", "--input-size", "16", "--batch-size", "4",

@@ -52,12 +52,13 @@ def timm_cosine_per_epoch(base_lr: float, epochs: int, warmup_lr: float, warmup_
                           min_lr: float) -> np.ndarray:
     """The lr of each epoch under timm's ``CosineLRScheduler(t_initial=epochs, lr_min, warmup_lr_init,
     warmup_t, cycle_limit=1)`` stepped with ``step(epoch)`` after each epoch, as DeiT / SiT-v1: epoch 0
-    runs at ``warmup_lr`` and epoch e >= 1 at the scheduler's value for e - 1 (so the warm-up start
-    value is used twice). Length ``epochs``."""
+    runs at ``warmup_lr`` (at the base lr without warm-up) and epoch e >= 1 at the scheduler's value
+    for e - 1 (so the warm-up start value is used twice). Length ``epochs``."""
     def at(t):
         if t < warmup_epochs:
             return warmup_lr + t * (base_lr - warmup_lr) / warmup_epochs
         if t >= epochs:
             return min_lr
         return min_lr + 0.5 * (base_lr - min_lr) * (1 + np.cos(np.pi * t / epochs))
-    return np.array([warmup_lr if e == 0 else at(e - 1) for e in range(epochs)], dtype=np.float64)
+    first = warmup_lr if warmup_epochs > 0 else base_lr  # without warm-up timm leaves the optimizer's lr
+    return np.array([first if e == 0 else at(e - 1) for e in range(epochs)], dtype=np.float64)
