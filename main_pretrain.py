@@ -48,7 +48,12 @@ def main(argv=None) -> int:
     from ssvit.engine.pretrain import Trainer, TrainingDiverged
 
     def train():
-        Trainer(args).fit()
+        trainer = Trainer(args)
+        if getattr(args, "validate_only", False):  # e.g. RelViT's --mode validation
+            trainer.maybe_resume()
+            trainer.method.validate(trainer.start_epoch)
+            return
+        trainer.fit()
     try:
         return exit_status(train, (DataError, CheckpointError, DeviceError, ValueError, OSError))
     except TrainingDiverged as e:  # not bad input: exit 1, as the originals on a non-finite loss

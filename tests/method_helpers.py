@@ -11,6 +11,7 @@ from ssvit.methods import get_method
 def build_method(flags):
     """(method, args) as ``main_pretrain.py`` would build them (warm-ups clamped, flags checked)."""
     args = parse_with_config(get_args_parser(flags), flags)
+    get_method(args.method).resolve_args(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         validate_args(args)  # e.g. clamps iBOT's 30-epoch temperature warm-up to a 2-epoch run

@@ -95,6 +95,7 @@ _TMP_RE = re.compile(r"^(checkpoint\d*\.pth|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 class Trainer:
     def __init__(self, args: argparse.Namespace, dist_info: Optional[DistInfo] = None):
+        get_method(args.method).resolve_args(args)
         validate_args(args)
         self.args = args
         self.dist = dist_info or init_distributed(args.device, args.dist_url)

@@ -68,6 +68,11 @@ class SSLMethod(nn.Module):
         """Method-specific flags (with the original entry point's names and defaults)."""
 
     @classmethod
+    def resolve_args(cls, args: argparse.Namespace) -> None:
+        """Fill values derived from other flags (e.g. a per-dataset patch-size table) before the
+        engine's own checks."""
+
+    @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
         """Validate flag values; raise ``ValueError`` with a clear message."""
 
