@@ -253,3 +253,16 @@ def test_exact_resume_downstream_from_a_lightning_checkpoint(tmp_path):
     assert {"val_acc_clf", "val_loss_clf", "best_acc_clf"} <= set(log[-1]) and (full / "checkpoint_best.pth").exists()
     v = _run(down + ["--mode", "validation", "--output_dir", str(full)])
     assert v.returncode == 0 and "val_acc_clf" in v.stdout, v.stderr[-2000:]
+
+
+def test_upstream_checkpoint_evaluates_without_its_untrained_pos_embed(tmp_path):
+    out = tmp_path / "up"
+    p = _run(UP + ["--synthetic_size", "16", "--epochs", "1", "--num_workers", "0", "--tensorboard", "false",
+                   "--output_dir", str(out)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert ck["relvit_positional_embeddings"] is False and ck["student"]["module.backbone.pos_embed"].abs().sum() > 0
+    from ssvit.evaluation.knn import build_eval_backbone
+    model = build_eval_backbone("vit_pico", 8, str(out / "checkpoint.pth"), "teacher")
+    assert torch.count_nonzero(model.pos_embed) == 0  # zeroed: what the upstream training saw
+    assert torch.equal(model.blocks[0].attn.qkv.weight, ck["student"]["module.backbone.blocks.0.attn.qkv.weight"])

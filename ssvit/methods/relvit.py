@@ -334,6 +334,10 @@ class RelViTMethod(SSLMethod):
         model.train(was)
         return {k: v / max(n, 1) for k, v in sums.items()}
 
+    def extra_checkpoint_state(self):
+        # read by the evaluation loaders: without positional embeddings the pos_embed is untrained
+        return {"relvit_positional_embeddings": bool(self.args.use_positional_embeddings)}
+
     def validate(self, epoch):
         stats = self.evaluate()
         print("Validation: " + "  ".join(f"val_{k}: {v:.4f}" for k, v in stats.items()))

@@ -17,7 +17,8 @@ from ..utils.checkpoint import CheckpointError, load_checkpoint, load_state_chec
 
 
 # projection heads and SERE's relation heads are training-only: dropped for evaluation
-HEAD_PREFIXES = ("head.", "head_dense.", "head_recons.", "fc.", "last_layer", "channel_sere", "pixel_sere")
+HEAD_PREFIXES = ("head.", "head_dense.", "head_recons.", "fc.", "last_layer", "channel_sere", "pixel_sere",
+                 "rel_head.", "abs_pos_head.", "dist_head.", "angle_head.", "clf_head.")  # the last five: RelViT
 
 
 def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher") -> dict:
@@ -48,7 +49,13 @@ def extract_backbone_state(ckpt: Any, checkpoint_key: Optional[str] = "teacher")
         keys = ", ".join(list(ckpt.keys())[:10])
         raise CheckpointError(f"no state dict found under key '{checkpoint_key}'; top-level keys: {keys}")
     sd = strip_prefixes(sd)
-    return {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
+    sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
+    if ckpt.get("relvit_positional_embeddings") is False and "pos_embed" in sd:
+        # RelViT upstream runs never add their pos_embed: it is untrained. Evaluating the backbone
+        # as a ViT that adds it would perturb every token; zero is what the training saw.
+        print("RelViT checkpoint trained without positional embeddings: its untrained pos_embed is zeroed")
+        sd["pos_embed"] = torch.zeros_like(sd["pos_embed"])
+    return sd
 
 
 def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") -> dict:
@@ -59,7 +66,16 @@ def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") 
     if not path:
         raise CheckpointError("--pretrained_weights is required: ssvit does not download weights "
                               "(give a local DINO/iBOT/EsViT/ssvit checkpoint file)")
-    return extract_backbone_state(load_checkpoint(path), checkpoint_key)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        if "lightning" not in str(e).lower():
+            raise
+        from .relvit_ckpt import load_lightning_checkpoint  # RelViT's Lightning .ckpt files
+        ckpt = load_lightning_checkpoint(path)
+        warnings.warn(f"'{path}' is a Lightning checkpoint: if it was trained without positional embeddings (the "
+                      "published RelViT upstream scripts), its pos_embed is untrained")
+    return extract_backbone_state(ckpt, checkpoint_key)
 
 
 def load_backbone_state(model: nn.Module, sd: dict, arch: str = "") -> None:
