@@ -266,3 +266,31 @@ def test_upstream_checkpoint_evaluates_without_its_untrained_pos_embed(tmp_path)
     model = build_eval_backbone("vit_pico", 8, str(out / "checkpoint.pth"), "teacher")
     assert torch.count_nonzero(model.pos_embed) == 0  # zeroed: what the upstream training saw
     assert torch.equal(model.blocks[0].attn.qkv.weight, ck["student"]["module.backbone.blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("script,flags", [("upstream.sh", {"task": "upstream", "use_relations": True,
+                                                           "use_positional_embeddings": False, "mega_patches": False}),
+                                          ("upstream_MEGApatch.sh", {"mega_patches": True, "side_megapatches": 6}),
+                                          ("downstream.sh", {"task": "downstream", "use_supervision": True,
+                                                             "use_positional_embeddings": True, "drop_path_rate": 0.1}),
+                                          ("downstream-only.sh", {"task": "downstream", "use_relations": True,
+                                                                  "patch_trans": "None"})])
+def test_seed_scripts_take_the_seed_flags(tmp_path, script, flags):
+    """Each wrapper runs main_pretrain.py with the seed script's fixed flags (checked on the written
+    config.yaml of a 1-iteration run), and refuses unknown flags."""
+    import yaml
+    out = tmp_path / "o"
+    cmd = ["bash", os.path.join(ROOT, "scripts", script), "--exp_id", "t", "--backbone", "vit", "--model_size", "pico",
+           "--num_gpus", "1", "--epochs", "1", "--dataset", "synthetic", "--batch_size", "8", "--weight_decay", "0.1",
+           "--drop_path_rate", "0.1", "--dropout", "0.0", "--num_workers", "0", "--side_megapatches", "6",
+           "--seed", "7", "--output_dir", str(out), "--max_iters", "1", "--tensorboard", "false",
+           "--synthetic_size", "16", "--patch_size", "4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["seed"] == 7 and cfg["weight_decay"] == 0.1 and cfg["grad_clip_val"] == 1.0 and cfg["model_size"] == "pico"
+    for k, v in flags.items():
+        assert cfg[k] == v, (k, cfg[k])
+    bad = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--nope", "1"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert bad.returncode == 1 and "--nope argument not allowed" in bad.stdout
