@@ -382,3 +382,24 @@ def test_finetune_evaluation_averages_the_two_heads_and_sums_their_losses():
     assert stats["acc1"] == pytest.approx(200 / 3)
     assert stats["loss"] == pytest.approx((F.cross_entropy(x[:, :3], y) + F.cross_entropy(x[:, 3:], y)).item())
     assert mean.argmax(1).tolist() == [0, 2, 0]
+
+
+def test_the_rest_of_mains_flags_and_the_eval_mode(tmp_path):
+    from main_pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    from ssvit.methods.sit import SiT
+    argv = ["--method", "sit", "--data-set", "STL10", "--opt", "adamw", "--sched", "cosine", "--cooldown-epochs", "10",
+            "--smoothing", "0.1", "--reprob", "0.25", "--mixup", "0.8", "--pin-mem", "--world_size", "4", "--eval"]
+    a = parse_with_config(get_args_parser(argv), argv)
+    SiT.resolve_args(a)
+    assert a.dataset == "stl10_unlabeled" and a.validate_only and a.cooldown_epochs == 10 and a.world_size == 4
+    for bad in (["--opt", "sgd"], ["--opt-eps", "1e-6"], ["--sched", "step"], ["--lr-noise", "0.5"]):
+        b = parse_with_config(get_args_parser(["--method", "sit"] + bad), ["--method", "sit"] + bad)
+        with pytest.raises(ValueError):
+            SiT.resolve_args(b)
+    # --eval: the SSL-losses evaluation of --resume's checkpoint only
+    flags = SIT + ["--data-set", "synthetic", "--synthetic_size", "32", "--epochs", "1", "--num_workers", "0",
+                   "--tensorboard", "false", "--warmup-epochs", "1", "--output", str(tmp_path / "run")]
+    assert _run(flags).returncode == 0
+    p = _run(flags + ["--eval", "--resume", str(tmp_path / "run" / "checkpoint.pth")])
+    assert p.returncode == 0 and "* Acc@1" in p.stdout and "Starting training" not in p.stdout, p.stderr[-2000:]

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-DATASETS = ("imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "svhn", "flowers102", "synthetic")
+DATASETS = ("imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "stl10_unlabeled", "svhn",
+            "flowers102", "pets", "aircraft", "cars", "synthetic")
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
@@ -36,7 +37,11 @@ DATASET_INFO = {
     "cifar100": DatasetInfo(100, 32),
     "stl10": DatasetInfo(10, 96),
     "svhn": DatasetInfo(10, 32),
+    "stl10_unlabeled": DatasetInfo(10, 96),  # train+unlabeled for pretraining (SiT-v1's SSL split); test to evaluate
     "flowers102": DatasetInfo(102, None),
+    "pets": DatasetInfo(37, None),  # Oxford-IIIT Pets: trainval / test
+    "aircraft": DatasetInfo(100, None),  # FGVC-Aircraft variants: trainval / test
+    "cars": DatasetInfo(196, None),  # Stanford Cars: train / test
     "synthetic": DatasetInfo(10, 32),
 }
 
@@ -209,8 +214,16 @@ def _torchvision_dataset(name: str, root: str, train: bool, download: bool):
             ds = tvd.STL10(root, split="train" if train else "test", download=download)
         elif name == "svhn":
             ds = tvd.SVHN(root, split="train" if train else "test", download=download)
+        elif name == "stl10_unlabeled":
+            ds = tvd.STL10(root, split="train+unlabeled" if train else "test", download=download)
         elif name == "flowers102":
             ds = tvd.Flowers102(root, split="train" if train else "test", download=download)
+        elif name == "pets":
+            ds = tvd.OxfordIIITPet(root, split="trainval" if train else "test", download=download)
+        elif name == "aircraft":
+            ds = tvd.FGVCAircraft(root, split="trainval" if train else "test", download=download)
+        elif name == "cars":
+            ds = tvd.StanfordCars(root, split="train" if train else "test", download=download)
         else:
             raise ValueError(name)
     except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted", unwritable root
@@ -223,7 +236,10 @@ class _RGBView(Dataset):
 
     def __init__(self, ds):
         self.ds = ds
-        self.targets = [int(t) for t in getattr(ds, "targets", getattr(ds, "labels", getattr(ds, "_labels", [])))]
+        labels = getattr(ds, "targets", getattr(ds, "labels", getattr(ds, "_labels", None)))
+        if labels is None and hasattr(ds, "_samples"):  # StanfordCars: (path, label) pairs
+            labels = [t for _, t in ds._samples]
+        self.targets = [int(t) for t in (labels if labels is not None else [])]
 
     def __len__(self):
         return len(self.ds)

@@ -106,6 +106,44 @@ class SiT(SSLMethod):
         p.add_argument("--repeated-aug", dest="repeated_aug", action="store_true", default=True,
                        help="DeiT's repeated augmentation (RASampler: a third of the images, each 3 times)")
         p.add_argument("--no-repeated-aug", dest="repeated_aug", action="store_false")
+        # the rest of main.py's flags at 1aacd6a: SSL mode forces smoothing / erasing / mixup / cutmix / aa off,
+        # the device, memory pinning and world size are the engine's; accepted with their defaults
+        p.add_argument("--opt", default="adamw", help="optimizer (adamw only)")
+        p.add_argument("--opt-eps", dest="opt_eps", default=1e-8, type=float, help="AdamW epsilon (1e-8)")
+        p.add_argument("--opt-betas", dest="opt_betas", default=None, type=float, nargs="+", help="None: (0.9, 0.999)")
+        p.add_argument("--momentum", dest="sgd_momentum", default=0.9, type=float, help="unused by AdamW")
+        p.add_argument("--sched", default="cosine", help="lr schedule (cosine only)")
+        p.add_argument("--lr-noise", dest="lr_noise", default=None, type=float, nargs="+", help="unused (None)")
+        p.add_argument("--lr-noise-pct", dest="lr_noise_pct", default=0.67, type=float)
+        p.add_argument("--lr-noise-std", dest="lr_noise_std", default=1.0, type=float)
+        p.add_argument("--decay-epochs", dest="decay_epochs", default=30, type=float, help="unused by cosine")
+        p.add_argument("--cooldown-epochs", dest="cooldown_epochs", default=10, type=int,
+                       help="unused: the original trains --epochs epochs")
+        p.add_argument("--patience-epochs", dest="patience_epochs", default=10, type=int)
+        p.add_argument("--decay-rate", dest="decay_rate", default=0.1, type=float, help="unused (one cosine cycle)")
+        p.add_argument("--model-ema-force-cpu", dest="model_ema_force_cpu", action="store_true", default=False)
+        p.add_argument("--smoothing", default=0.1, type=float, help="forced to 0 in SSL mode")
+        p.add_argument("--train-interpolation", dest="train_interpolation", default="bicubic")
+        p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="forced off in SSL mode")
+        p.add_argument("--reprob", default=0.25, type=float, help="forced to 0 in SSL mode")
+        p.add_argument("--remode", default="pixel")
+        p.add_argument("--recount", default=1, type=int, help="forced to 0 in SSL mode")
+        p.add_argument("--resplit", action="store_true", default=False)
+        p.add_argument("--mixup", default=0.8, type=float, help="forced to 0 in SSL mode")
+        p.add_argument("--cutmix", default=1.0, type=float, help="forced to 0 in SSL mode")
+        p.add_argument("--cutmix-minmax", dest="cutmix_minmax", default=None, type=float, nargs="+")
+        p.add_argument("--mixup-prob", dest="mixup_prob", default=1.0, type=float)
+        p.add_argument("--mixup-switch-prob", dest="mixup_switch_prob", default=0.5, type=float)
+        p.add_argument("--mixup-mode", dest="mixup_mode", default="batch")
+        p.add_argument("--num_imgs_per_cat", default=None, type=int, help="not supported (None)")
+        p.add_argument("--eval", action="store_true", default=False, help="only the SSL-losses evaluation")
+        p.add_argument("--resume", default="", help="resume from this checkpoint (default: output_dir/checkpoint.pth)")
+        p.add_argument("--finetune", default="", help="initial weights (a SiT checkpoint: 'model' or 'student')")
+        p.add_argument("--dist-eval", dest="dist_eval", action="store_true", default=False)
+        p.add_argument("--pin-mem", dest="pin_mem", action="store_true", default=True)
+        p.add_argument("--no-pin-mem", dest="pin_mem", action="store_false")
+        p.add_argument("--world_size", default=1, type=int, help="absorbed: torchrun sets it")
+        p.add_argument("--start_epoch", default=0, type=int, help="absorbed: resume sets it")
         p.add_argument("--training-mode", dest="training_mode", default="SSL", choices=["SSL", "finetune"],
                        help="SSL, or finetune (run by main_finetune.py with SiT's recipe, see finetune_argv)")
         p.add_argument("--SiT_LinearEvaluation", dest="SiT_LinearEvaluation", type=int, default=0, choices=[0, 1],
@@ -115,6 +153,19 @@ class SiT(SSLMethod):
         parser.set_defaults(arch="sit_base", patch_size=16, epochs=501, batch_size_per_gpu=72, lr=5e-4, min_lr=1e-5,
                             warmup_epochs=5, weight_decay=0.05, weight_decay_end=0.05, clip_grad=0.0,
                             drop_path_rate=0.1, optimizer="adamw", dataset="cifar10")
+
+    @classmethod
+    def resolve_args(cls, args: argparse.Namespace) -> None:
+        if args.dataset == "stl10":  # SiT-v1's SSL split is train+unlabeled (validation: test)
+            args.dataset = "stl10_unlabeled"
+        args.validate_only = bool(args.eval)  # main.py --eval: only the SSL-losses evaluation
+        if args.opt != "adamw" or args.sched != "cosine":
+            raise ValueError("SiT-v1's SSL recipe is --opt adamw --sched cosine (timm's other optimisers and "
+                             "schedules are not offered)")
+        if args.opt_eps != 1e-8 or args.opt_betas not in (None, [0.9, 0.999]) or args.lr_noise is not None \
+                or args.num_imgs_per_cat is not None:
+            raise ValueError("--opt-eps / --opt-betas other than AdamW's defaults, --lr-noise and --num_imgs_per_cat "
+                             "are not offered")
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
@@ -135,6 +186,13 @@ class SiT(SSLMethod):
         self.student = create_backbone(args.arch, patch_size=args.patch_size, img_size=args.input_size,
                                        training_mode="SSL", drop_rate=args.drop, drop_path_rate=args.drop_path_rate,
                                        representation_size=args.representation_size)
+        if args.finetune:  # main.py loads --finetune into the SSL model too (heads of another shape dropped)
+            from ..utils.checkpoint import load_checkpoint, strip_prefixes
+            ck = load_checkpoint(args.finetune)
+            sd = next((ck[k] for k in ("model", "student") if isinstance(ck.get(k), dict)), ck)
+            missing, unexpected = self.student.load_state_dict(
+                self.student.checkpoint_filter(strip_prefixes(sd, ("module.",))), strict=False)
+            print(f"Initial weights from {args.finetune} (missing {len(missing)}, unexpected {len(unexpected)})")
         self.teacher = None
         self.criterion = MTL_loss(None, args.batch_size_per_gpu)
         self.ema = None
@@ -145,6 +203,14 @@ class SiT(SSLMethod):
 
     def build_transform(self, args):
         return SiTViews(build_sit_transform(args.input_size, True, args.color_jitter))
+
+    def resume_source(self, args, output_dir):
+        if args.resume:  # main.py's --resume FILE
+            if not os.path.isfile(args.resume):
+                from ..utils.checkpoint import CheckpointError
+                raise CheckpointError(f"--resume: '{args.resume}' does not exist")
+            return args.resume
+        return super().resume_source(args, output_dir)
 
     def build_sampler(self, dataset, num_replicas, rank, seed):
         if not self.args.repeated_aug:
@@ -250,8 +316,9 @@ class SiT(SSLMethod):
 
 
 _SIT_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10", "svhn": "svhn",
-                 "flowers": "flowers102", "flowers102": "flowers102", "fashion_mnist": "fashion_mnist",
-                 "imagenet": "imagefolder", "imagefolder": "imagefolder", "synthetic": "synthetic"}
+                 "flowers": "flowers102", "flowers102": "flowers102", "pets": "pets", "aircraft": "aircraft",
+                 "cars": "cars", "fashion_mnist": "fashion_mnist", "imagenet": "imagefolder",
+                 "tinyimagenet": "imagefolder", "imagefolder": "imagefolder", "synthetic": "synthetic"}
 
 
 def _sit_dataset(name: str) -> str:
