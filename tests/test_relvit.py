@@ -294,3 +294,19 @@ def test_seed_scripts_take_the_seed_flags(tmp_path, script, flags):
     bad = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--nope", "1"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert bad.returncode == 1 and "--nope argument not allowed" in bad.stdout
+
+
+def test_swin_backbone_predicts_relations_between_its_last_stage_tokens():
+    torch.manual_seed(0)
+    m, args = build_method(["--method", "relvit", "--task", "downstream", "--use_relations", "--use_abs_positions",
+                            "--use_supervision", "--backbone", "swin", "--model_size", "pico", "--dataset", "synthetic_64",
+                            "--batch_size", "4", "--output_dir", ""])
+    x = torch.randn(2, 3, 64, 64)
+    out = m.student(x)
+    assert out["rel"].shape == (2, 9, 4, 4) and out["abs_pos"].shape == (2, 4, 4) and out["clf"].shape == (2, 10)
+    pooled, tokens = m.student.backbone.forward_dense(x)
+    torch.testing.assert_close(out["clf"], m.student.clf_head(pooled))
+    torch.testing.assert_close(out["abs_pos"], m.student.abs_pos_head(tokens).transpose(1, 2))
+    with pytest.raises(ValueError, match="patch_size 32"):
+        build_method(["--method", "relvit", "--use_relations", "--backbone", "swin", "--model_size", "pico",
+                      "--dataset", "synthetic", "--output_dir", ""])

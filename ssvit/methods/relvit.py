@@ -22,8 +22,9 @@ patch transform, so ``--shuffle_patches`` with ``--patch_trans none`` permutes t
 image.
 
 Differences (documented): the engine drops the last partial batch (the original keeps it, so its
-``max_steps`` counts it); datasets are never downloaded unless ``--download true``; Swin and T2T
-backbones are not built yet.
+``max_steps`` counts it); datasets are never downloaded unless ``--download true``; the Swin backbone is
+ssvit's (EsViT's) Swin -- its classifier is ``clf_head`` on the pooled last-stage tokens, where the
+original uses the backbone's own ``head`` -- and T2T-ViT is not offered (timm has none).
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ DATASETS = {
     # ssvit additions: offline data for CPU runs
     "fashion_mnist": ("fashion_mnist", 28, 4, 10, ((0.2860,) * 3, (0.3530,) * 3), "small"),
     "synthetic": ("synthetic", 32, 4, 10, _IMNET, "small"),
+    "synthetic_64": ("synthetic", 64, 32, 10, _IMNET, "resized"),  # 2x2 stride-32 tokens: Swin smoke runs
 }
 
 
@@ -165,7 +167,7 @@ class RelViTMethod(SSLMethod):
         p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
         p.add_argument("--metric_monitor", default="val_acc_rel", type=str, help="overridden by --task, as the original")
         p.add_argument("--grad_clip_val", default=1.0, type=float, help="global-norm clipping (Lightning's)")
-        p.add_argument("--backbone", default="vit", choices=["vit"], help="vit (swin / t2t_vit: not yet)")
+        p.add_argument("--backbone", default="vit", choices=["vit", "swin"], help="vit or swin (timm has no T2T-ViT)")
         p.add_argument("--model_size", default="small", choices=["pico", "tiny", "small", "base"])
         p.add_argument("--model_checkpoint", default="", type=str, help="initial weights (RelViT .ckpt or ssvit)")
         p.add_argument("--patch_size", default=-1, type=int, help="-1: the per-dataset table")
@@ -222,6 +224,14 @@ class RelViTMethod(SSLMethod):
             raise ValueError("no task enabled: give --use_relations / --use_abs_positions / --use_supervision / ...")
         if args.task == "downstream" and not args.use_supervision and args.metric_monitor == "val_acc_clf":
             raise ValueError("--task downstream monitors val_acc_clf: it needs --use_supervision")
+        if args.backbone == "swin":
+            if args.model_size not in ("pico", "tiny", "small", "base"):
+                raise ValueError(f"--backbone swin --model_size {args.model_size}: swin_{args.model_size} does not exist")
+            if args.patch_size != 32 or args.img_height % 32:
+                raise ValueError("--backbone swin predicts relations between its stride-32 tokens: it needs "
+                                 f"--patch_size 32 and images a multiple of 32 (got {args.patch_size}, {args.img_height})")
+            if args.attn_mask:
+                raise ValueError("--attn_mask applies to the ViT backbone")
         if args.mega_patches and not 1 <= args.side_megapatches <= args.img_height // args.patch_size:
             raise ValueError(f"--side_megapatches must be in [1, {args.img_height // args.patch_size}]")
         if args.shuffle_patches and args.patch_trans in ("none", "None", ""):

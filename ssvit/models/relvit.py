@@ -149,14 +149,23 @@ class RelViT(nn.Module):
         self.proj_dropout, self.freeze_fet_enc, self.use_clf_token = proj_dropout, freeze_fet_enc, use_clf_token
         self.img_height = args.side_megapatches * patch_size if args.mega_patches else args.img_height
         self.num_patches = (self.img_height // patch_size) ** 2
-        if getattr(args, "backbone", "vit") != "vit":
-            raise ValueError(f"backbone {args.backbone!r}: ssvit's RelViT has the ViT backbone (Swin / T2T: not yet)")
-        self.backbone = relvit_backbone(
-            args.model_size, img_size=args.img_height, patch_size=args.patch_size, attn_drop_rate=args.attn_drop,
-            use_positional_embeddings=use_positional_emb, drop_path_rate=args.drop_path_rate,
-            proj_dropout=proj_dropout, drop_rate=dropout, use_clf_token=use_clf_token, task=args.task,
-            side_megapatches=args.side_megapatches)
-        D = self.backbone.embed_dim
+        self.kind = getattr(args, "backbone", "vit")
+        if self.kind == "vit":
+            self.backbone = relvit_backbone(
+                args.model_size, img_size=args.img_height, patch_size=args.patch_size, attn_drop_rate=args.attn_drop,
+                use_positional_embeddings=use_positional_emb, drop_path_rate=args.drop_path_rate,
+                proj_dropout=proj_dropout, drop_rate=dropout, use_clf_token=use_clf_token, task=args.task,
+                side_megapatches=args.side_megapatches)
+            D = self.backbone.embed_dim
+        elif self.kind == "swin":
+            # the patch tokens are Swin's final-norm last-stage tokens (stride 32: one per 32-px patch)
+            from .registry import create_backbone
+            self.backbone = create_backbone(f"swin_{args.model_size}", drop_path_rate=args.drop_path_rate,
+                                            img_size=args.img_height)
+            D = self.backbone.num_features
+        else:
+            raise ValueError(f"backbone {self.kind!r}: vit or swin (timm has no T2T-ViT)")
+
         if use_relations:
             self.rel_head = MultiHeadAttentionScores(D, num_rel_classes)
         if use_supervision:
@@ -175,7 +184,11 @@ class RelViT(nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         out = {}
         mask = self.args.attn_mask if self.args.attn_mask else None
-        feats = self.backbone(x, mask=mask)
+        if self.kind == "swin":
+            pooled, z_patches = self.backbone.forward_dense(x)
+            feats = {"z": pooled, "z_patches": z_patches}  # Swin's classifier reads the average-pooled tokens
+        else:
+            feats = self.backbone(x, mask=mask)
         z_patches = feats["z_patches"] + feats["z"].unsqueeze(1) if self.args.add_clf_to_patches else feats["z_patches"]
         if self.use_relations:
             out["rel"] = self.rel_head(z_patches)
