@@ -310,3 +310,17 @@ def test_swin_backbone_predicts_relations_between_its_last_stage_tokens():
     with pytest.raises(ValueError, match="patch_size 32"):
         build_method(["--method", "relvit", "--use_relations", "--backbone", "swin", "--model_size", "pico",
                       "--dataset", "synthetic", "--output_dir", ""])
+
+
+def test_megapatch_samples_carry_the_megapatch_grid_labels():
+    from PIL import Image
+
+    from ssvit.methods.relvit import RelViTTransform
+    _, args = build_method(UP + ["--mega_patches", "--side_megapatches", "3", "--shuffle_patches",
+                                 "--patch_trans", "colJitter:0.8", "--output_dir", ""])
+    img = Image.fromarray((np.random.RandomState(1).rand(32, 32, 3) * 255).astype(np.uint8))
+    torch.manual_seed(0)
+    s = RelViTTransform(args, train=True)(img)
+    assert s["images"].shape == (3, 24, 24) and s["relations"].shape == (9, 9)  # 3x3 megapatches of 8 px
+    perm = s["abs_positions"].numpy().reshape(3, 3)
+    assert np.array_equal(s["relations"].numpy(), SPEC_3X3[perm.reshape(-1)][:, perm.reshape(-1)])

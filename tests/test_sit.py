@@ -403,3 +403,25 @@ def test_the_rest_of_mains_flags_and_the_eval_mode(tmp_path):
     assert _run(flags).returncode == 0
     p = _run(flags + ["--eval", "--resume", str(tmp_path / "run" / "checkpoint.pth")])
     assert p.returncode == 0 and "* Acc@1" in p.stdout and "Starting training" not in p.stdout, p.stderr[-2000:]
+
+
+def test_an_original_layout_checkpoint_loads_for_knn_and_finetuning(tmp_path):
+    import argparse
+    torch.manual_seed(0)
+    ssl = create_backbone("sit_pico", img_size=16, training_mode="SSL")
+    path = tmp_path / "checkpoint.pth"  # main.py at 1aacd6a: model / optimizer / lr_scheduler / epoch / args
+    torch.save({"model": ssl.state_dict(), "optimizer": {}, "lr_scheduler": {}, "epoch": 9,
+                "args": argparse.Namespace(model="SiT_base_patch16_224")}, path)
+    from ssvit.evaluation.knn import build_eval_backbone
+    model = build_eval_backbone("sit_pico", 4, str(path), "teacher")
+    x = torch.randn(2, 3, 16, 16)
+    t = ssl.eval().forward_features(x)
+    torch.testing.assert_close(model(x), torch.cat([t[:, 0], t[:, 1]], 1))
+    from main_finetune import parse
+    from ssvit.methods.finetune import Finetune
+    ft = Finetune(parse(["--model", "sit_pico", "--patch_size", "4", "--input_size", "16", "--nb_classes", "5",
+                         "--finetune", str(path), "--output_dir", str(tmp_path / "ft")]))
+    assert torch.equal(ft.student.blocks[1].mlp.fc1.weight, ssl.blocks[1].mlp.fc1.weight)
+    assert ft.student.rot_head.weight.shape == (5, 96)
+    out = ft.student.eval()(x)
+    assert isinstance(out, tuple) and out[0].shape == (2, 5)
