@@ -102,24 +102,8 @@ def test_resume_equals_an_uninterrupted_run_and_evaluate_reads_both_layouts(tmp_
     p = _run(flags + ["--output_dir", str(full)])
     assert p.returncode == 0, p.stderr[-2000:]
     # interrupted inside its second epoch (in-process, so the moment is exact), then resumed by the CLI
-    sys.path.insert(0, ROOT)
-    import eval_linear
-    real, calls = eval_linear.train_one_epoch, []
-
-    def killed_in_second_epoch(*a, **k):
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(eval_linear, "train_one_epoch", killed_in_second_epoch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): the same float reductions
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            eval_linear.main(flags + ["--output_dir", str(part)])
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(eval_linear, "train_one_epoch", real)
+    from interrupt_helpers import run_eval_linear_killed_in_epoch
+    run_eval_linear_killed_in_epoch(monkeypatch, flags + ["--output_dir", str(part)], epoch=1)
     done = load_checkpoint(str(part / "checkpoint.pth.tar"))["epoch"]
     assert done == 1
     p2 = _run(flags + ["--output_dir", str(part)])

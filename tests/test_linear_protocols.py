@@ -179,17 +179,9 @@ def test_lr_sweep_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     flags = BASE + ["--pretrained_weights", w, "--cache_features", "true", "--lr_sweep", "true",
                     "--lrs", "0.01", "1", "--sweep_lr_only", "false", "--epochs", "3"]
     eval_linear.main(flags + ["--output_dir", str(tmp_path / "full")])
-    real, calls = eval_linear.train_one_epoch, []
-
-    def killed_in_second_epoch(*a, **k):
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(eval_linear, "train_one_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        eval_linear.main(flags + ["--output_dir", str(tmp_path / "part")])
-    monkeypatch.setattr(eval_linear, "train_one_epoch", real)
+    from interrupt_helpers import run_eval_linear_killed_in_epoch
+    run_eval_linear_killed_in_epoch(monkeypatch, flags + ["--output_dir", str(tmp_path / "part")], epoch=1,
+                                    threads=torch.get_num_threads())
     assert load_checkpoint(str(tmp_path / "part" / "checkpoint.pth.tar"))["epoch"] == 1
     # iBOT-style resume from an explicit file into a fresh directory
     eval_linear.main(flags + ["--output_dir", str(tmp_path / "resumed"),

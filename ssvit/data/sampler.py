@@ -72,3 +72,13 @@ class RepeatedAugSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+def repeated_aug_sampler(dataset, num_replicas: int, rank: int, flag: str = "--repeated_aug",
+                         off: str = "--repeated_aug false") -> RepeatedAugSampler:
+    """A ``RepeatedAugSampler``, or a one-line error when the dataset is too small to give any sample."""
+    sampler = RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
+    if sampler.num_samples == 0:
+        raise ValueError(f"{flag} reads floor(N // 256 * 256 / world size) images per epoch: {len(dataset)} images "
+                         f"x {num_replicas} processes give none (use {off})")
+    return sampler

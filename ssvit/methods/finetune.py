@@ -324,23 +324,15 @@ class Finetune(SSLMethod):
     def build_sampler(self, dataset, num_replicas, rank, seed):
         if not self.args.repeated_aug:
             return None
-        from ..data import RepeatedAugSampler
-        sampler = RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
-        if sampler.num_samples == 0:
-            raise ValueError(f"--repeated_aug reads floor(N // 256 * 256 / world size) images per epoch: "
-                             f"{len(dataset)} images give none")
-        return sampler
+        from ..data import repeated_aug_sampler
+        return repeated_aug_sampler(dataset, num_replicas, rank, "--repeated_aug")
 
     def schedules(self, args, niter_per_ep, bs_total):
         if args.lr_sched != "timm_epoch":
             return None
-        import numpy as np
-
-        from ..objectives.schedules import timm_cosine_per_epoch
-        per_epoch = timm_cosine_per_epoch(args.lr * bs_total / 256.0, args.epochs, args.warmup_lr,
-                                          args.warmup_epochs, args.min_lr)
-        return {"lr": np.repeat(per_epoch, niter_per_ep),
-                "wd": np.full(args.epochs * niter_per_ep, args.weight_decay, dtype=np.float64), "momentum": None}
+        from ..objectives.schedules import timm_epoch_schedules
+        return timm_epoch_schedules(args.lr * bs_total / 256.0, args.epochs, args.warmup_lr, args.warmup_epochs,
+                                    args.min_lr, args.weight_decay, niter_per_ep)
 
     def param_groups(self, student):
         return param_groups_lrd(self.student, self.args.weight_decay, self.args.layer_decay)
@@ -353,13 +345,8 @@ class Finetune(SSLMethod):
     def update_teacher(self, momentum):
         if self.ema is None:
             return
-        d = self.args.model_ema_decay  # timm's ModelEma: a constant decay
-        ema, cur = list(self.ema.state_dict().values()), list(self.student.state_dict().values())
-        for e, c in zip(ema, cur):
-            if e.is_floating_point():
-                e.mul_(d).add_(c.detach(), alpha=1 - d)
-            else:
-                e.copy_(c)
+        from ..utils.params import constant_ema_update  # timm's ModelEma: a constant decay
+        constant_ema_update(self.ema, self.student, self.args.model_ema_decay)
 
     # ---- validation
     def val_loader(self):

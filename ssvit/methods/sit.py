@@ -215,12 +215,8 @@ class SiT(SSLMethod):
     def build_sampler(self, dataset, num_replicas, rank, seed):
         if not self.args.repeated_aug:
             return None
-        from ..data import RepeatedAugSampler
-        sampler = RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
-        if sampler.num_samples == 0:
-            raise ValueError(f"--repeated-aug reads floor(N // 256 * 256 / world size) images per epoch: "
-                             f"{len(dataset)} images give none (use --no-repeated-aug)")
-        return sampler
+        from ..data import repeated_aug_sampler
+        return repeated_aug_sampler(dataset, num_replicas, rank, "--repeated-aug", "--no-repeated-aug")
 
     def dataset_path(self, args):
         return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
@@ -253,10 +249,9 @@ class SiT(SSLMethod):
         return stats
 
     def schedules(self, args, niter_per_ep, bs_total):
-        per_epoch = sit_lr_per_epoch(args.lr * bs_total / 512.0, args.epochs, args.warmup_lr, args.warmup_epochs,
-                                     args.min_lr)
-        return {"lr": np.repeat(per_epoch, niter_per_ep),
-                "wd": np.full(args.epochs * niter_per_ep, args.weight_decay, dtype=np.float64), "momentum": None}
+        from ..objectives.schedules import timm_epoch_schedules  # lr per 512 images, as main.py
+        return timm_epoch_schedules(args.lr * bs_total / 512.0, args.epochs, args.warmup_lr, args.warmup_epochs,
+                                    args.min_lr, args.weight_decay, niter_per_ep)
 
     def param_groups(self, student):
         """timm's ``add_weight_decay``: no decay for 1-D tensors, biases and ``no_weight_decay()``."""
@@ -300,12 +295,8 @@ class SiT(SSLMethod):
     def update_teacher(self, momentum):
         if self.ema is None:
             return
-        d = self.args.model_ema_decay  # timm's ModelEma: a constant decay, buffers copied
-        for e, c in zip(self.ema.state_dict().values(), self.student.state_dict().values()):
-            if e.is_floating_point():
-                e.mul_(d).add_(c.detach(), alpha=1 - d)
-            else:
-                e.copy_(c)
+        from ..utils.params import constant_ema_update  # timm's ModelEma: a constant decay
+        constant_ema_update(self.ema, self.student, self.args.model_ema_decay)
 
     def extra_checkpoint_state(self):
         return {"model_ema": self.ema.state_dict()} if self.ema is not None else {}

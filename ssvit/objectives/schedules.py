@@ -62,3 +62,12 @@ def timm_cosine_per_epoch(base_lr: float, epochs: int, warmup_lr: float, warmup_
         return min_lr + 0.5 * (base_lr - min_lr) * (1 + np.cos(np.pi * t / epochs))
     first = warmup_lr if warmup_epochs > 0 else base_lr  # without warm-up timm leaves the optimizer's lr
     return np.array([first if e == 0 else at(e - 1) for e in range(epochs)], dtype=np.float64)
+
+
+def timm_epoch_schedules(base_lr: float, epochs: int, warmup_lr: float, warmup_epochs: int, min_lr: float,
+                         weight_decay: float, niter_per_ep: int) -> dict:
+    """The engine's per-iteration schedules for DeiT / SiT-v1 recipes: ``timm_cosine_per_epoch`` held over
+    each epoch's iterations, a constant weight decay, no teacher momentum."""
+    per_epoch = timm_cosine_per_epoch(base_lr, epochs, warmup_lr, warmup_epochs, min_lr)
+    return {"lr": np.repeat(per_epoch, niter_per_ep), "wd": np.full(epochs * niter_per_ep, weight_decay, dtype=np.float64),
+            "momentum": None}

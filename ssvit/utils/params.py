@@ -47,3 +47,14 @@ def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer:
     for n, p in model.named_parameters():
         if "last_layer" in n:
             p.grad = None
+
+
+@torch.no_grad()
+def constant_ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """timm's ``ModelEma`` step: floating-point state ``e <- decay * e + (1 - decay) * m``, other buffers
+    (counters) copied."""
+    for e, c in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.is_floating_point():
+            e.mul_(decay).add_(c.detach(), alpha=1 - decay)
+        else:
+            e.copy_(c)
