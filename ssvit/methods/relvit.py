@@ -122,6 +122,8 @@ class RelViTTransform:
             p = self.patch_tf(image2patches(x, self.args.patch_size))
             x = patches2image(p[:, perm], (H, W))  # the only place patches are re-ordered (QUIRK)
         out = {"images": x}
+        if self.args.debug_dataset:  # the original's --debug_dataset extras
+            out["idxs_shuffle"] = perm
         if self.signal is not None:
             out.update(self.signal(perm.numpy().reshape(self.side, self.side)))
         return out
@@ -152,7 +154,10 @@ class RelViTMethod(SSLMethod):
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.conflict_handler = parser._optionals.conflict_handler = "resolve"
         p = parser.add_argument_group("RelViT (main.py get_args)")
-        p.add_argument("--mode", default="train", choices=["train", "training", "validation", "validate", "validating"])
+        p.add_argument("--mode", default="train", choices=["train", "training", "train_linear", "validation", "validate",
+                                                            "validating", "validate_lienar", "validation_linear",
+                                                            "validating_linear"],
+                       help="train (train_linear: the same, as the original) or validation (of the resumed checkpoint)")
         p.add_argument("--task", default="upstream", choices=["upstream", "downstream"])
         p.add_argument("--exp_id", default="", type=str)
         p.add_argument("--dataset", dest="relvit_dataset", default="cifar10", choices=sorted(DATASETS),
@@ -215,7 +220,10 @@ class RelViTMethod(SSLMethod):
             args.optimizer = "adamw"  # Adam and AdamW are the same update without weight decay
         args.weight_decay_end = args.weight_decay
         args.global_crops_size = args.img_height
-        args.validate_only = args.mode in ("validation", "validate", "validating")
+        args.validate_only = args.mode.startswith("valid")
+        if args.labels_path:
+            raise ValueError("--labels_path (the original's ImageNet-subset class list) is not supported: give the "
+                             "subset as an ImageFolder with --dataset imagenet_subset")
         if args.task == "downstream":
             args.metric_monitor, args.metric_maxmin = "val_acc_clf", "max"
         else:
