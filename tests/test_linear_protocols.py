@@ -223,3 +223,8 @@ def test_bad_protocol_flags_are_one_line_errors(tmp_path):
                        (["--load_from", str(tmp_path / "nope")], "does not exist")):
         p = _run(BASE + ["--pretrained_weights", w, "--output_dir", str(tmp_path / "o")] + extra)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (extra, p.stderr[-1500:])
+
+
+def test_feature_width_is_measured_for_models_whose_output_is_not_num_features():
+    m = create_backbone("sit_pico", img_size=16, num_classes=0).eval()  # SiT-v1: both SSL tokens, 2 x 96
+    assert feature_dim(m, 4, 0, "dino", probe_size=16) == 192 == LinearFeatures(m, "dino", 4, 0)(torch.randn(1, 3, 16, 16)).shape[1]

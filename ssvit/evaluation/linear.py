@@ -158,17 +158,17 @@ def linear_features(model: nn.Module, x: torch.Tensor, n_last_blocks: int = 4, a
 def feature_dim(model: nn.Module, n_last_blocks: int, avgpool_patchtokens: int, protocol: str = "dino",
                 probe_size: int = 224) -> int:
     """Width of ``LinearFeatures``: DINO / EsViT ``D * (n + avgpool)``, iBOT
-    ``D * (n * [avgpool != 1] + [avgpool > 0])``; backbones without tokens: measured with one
-    ``probe_size`` image (their per-block widths)."""
+    ``D * (n * [avgpool != 1] + [avgpool > 0])``; backbones without CLS-token blocks: measured with one
+    ``probe_size`` image (per-block widths, SiT's two tokens)."""
     if is_token_model(model):
         n, a = n_last_blocks, int(avgpool_patchtokens)
         if protocol == "ibot":
             return model.embed_dim * (n * int(a != 1) + int(a > 0))
         return model.embed_dim * (n + int(a > 0))
-    if protocol == "dino" or not hasattr(model, "forward_return_n_last_blocks"):
-        known = getattr(model, "num_features", None)
-        if known:
-            return int(known)
+    if isinstance(model, RawPixels):
+        return model.num_features
+    # anything else is measured: ``num_features`` need not be the width of ``model(x)`` (SiT-v1's
+    # evaluation feature is its two SSL tokens, 2 x num_features)
     p = next(model.parameters(), None)
     x = torch.zeros(1, 3, probe_size, probe_size, device=p.device if p is not None else "cpu")
     was = model.training
