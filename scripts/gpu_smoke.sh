@@ -164,6 +164,15 @@ check ibot_torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node
   --method ibot "${COMMON[@]}" --out_dim $IBOT_DIM --patch_out_dim $IBOT_DIM --norm_in_head bn --epochs 1 --max_iters $ITERS \
   --output_dir "$OUT/ibot"
 
+# 8b. the other methods' training steps on the device (fp16 autocast + GradScaler on GPU): SiT-v1, SiT-v2, RelViT
+SMALL=("${DATA[@]}" --epochs 1 --max_iters $ITERS --num_workers 2 --tensorboard false --device "$DEVICE" --use_fp16 true)
+check sit_step "$PY" main_pretrain.py --method sit --arch sit_pico --patch_size 4 --input-size 32 --batch-size 8 \
+  --no-repeated-aug "${SMALL[@]}" --output "$OUT/sit"
+check sit_v2_step "$PY" main_pretrain.py --method sit_v2 --arch vit_pico --patch_size 4 --global_crops_size 32 \
+  --cls_hidden_dim 64 --batch_size 8 "${SMALL[@]}" --output_dir "$OUT/sit_v2"
+check relvit_step "$PY" main_pretrain.py --method relvit --task upstream --use_relations --use_abs_positions \
+  --model_size pico --batch_size 8 "${SMALL[@]}" --output_dir "$OUT/relvit"
+
 # 9. benchmark rows (ssvit step vs the original code paths, same process)
 check bench_dino_fp16 "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype fp16 --compare_original --device "$DEVICE" \
   --json "$OUT/bench_dino_fp16.json"
