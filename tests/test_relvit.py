@@ -224,15 +224,14 @@ def test_exact_resume_downstream_from_a_lightning_checkpoint(tmp_path):
             del sys.modules[n]
     with pytest.raises(Exception):  # the plain weights-only load refuses it
         torch.load(tmp_path / "best.ckpt", weights_only=True)
-    from ssvit.models.relvit_ckpt import load_lightning_checkpoint
-    loaded = load_lightning_checkpoint(str(tmp_path / "best.ckpt"))
+    loaded = load_checkpoint(str(tmp_path / "best.ckpt"))  # Lightning's globals become inert placeholders
     assert torch.equal(loaded["state_dict"]["backbone.pos_embed"], sd["backbone.pos_embed"])
     evil = tmp_path / "evil.ckpt"
     with open(evil, "wb") as f:
         pickle.dump({"x": os.system}, f)  # a non-Lightning global is never allowed
     from ssvit.utils.checkpoint import CheckpointError
     with pytest.raises(CheckpointError):
-        load_lightning_checkpoint(str(evil))
+        load_checkpoint(str(evil))
     down = ["--method", "relvit", "--task", "downstream", "--use_supervision", "--use_positional_embeddings",
             "--dataset", "synthetic", "--synthetic_size", "32", "--model_size", "pico", "--patch_size", "8",
             "--batch_size", "8", "--epochs", "2", "--num_workers", "0", "--tensorboard", "false",

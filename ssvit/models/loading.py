@@ -66,13 +66,8 @@ def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") 
     if not path:
         raise CheckpointError("--pretrained_weights is required: ssvit does not download weights "
                               "(give a local DINO/iBOT/EsViT/ssvit checkpoint file)")
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as e:
-        if "lightning" not in str(e).lower():
-            raise
-        from .relvit_ckpt import load_lightning_checkpoint  # RelViT's Lightning .ckpt files
-        ckpt = load_lightning_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and "pytorch-lightning_version" in ckpt:  # e.g. RelViT's .ckpt files
         warnings.warn(f"'{path}' is a Lightning checkpoint: if it was trained without positional embeddings (the "
                       "published RelViT upstream scripts), its pos_embed is untrained")
     return extract_backbone_state(ckpt, checkpoint_key)

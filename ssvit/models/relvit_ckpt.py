@@ -1,13 +1,7 @@
-"""Loading RelViT's PyTorch-Lightning ``.ckpt`` files without Lightning and without running arbitrary
-pickles.
-
-Lightning 1.3 pickles the ``ModelCheckpoint`` *class* as a key of ``callbacks`` (and may pickle
-other Lightning objects); ``torch.load(weights_only=True)`` refuses those globals and unpickling them
-normally needs Lightning installed. ``load_lightning_checkpoint`` keeps the weights-only unpickler
-and, for globals of the Lightning packages only, registers inert placeholder classes under their
-names (retrying until the file loads). Any other non-allow-listed global still fails: nothing
-outside torch's allow-list, NumPy scalars, ``argparse.Namespace`` and these placeholders is ever
-constructed or called.
+"""Loading RelViT weights: the original's PyTorch-Lightning ``.ckpt`` files (read without Lightning
+and without running arbitrary pickles by ``ssvit.utils.checkpoint.load_checkpoint``, whose
+weights-only unpickler gives Lightning's globals inert placeholders), the original's single-key
+backbone files and ssvit's own checkpoints.
 
 ``load_relvit_weights(model, path)``: the original's rules -- a Lightning checkpoint's ``state_dict``
 is loaded non-strictly with tensors of another shape replaced by the model's own (its
@@ -19,60 +13,15 @@ so in a warning instead of silently.
 """
 from __future__ import annotations
 
-import re
 import warnings
 
-import torch
 import torch.nn as nn
 
-from ..utils.checkpoint import CheckpointError, _safe_globals, strip_prefixes
-
-LIGHTNING_PACKAGES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "lightning_utilities.")
-_UNSUPPORTED = re.compile(r"(?:GLOBAL|global) ([\w.]+)")
-
-
-def _placeholder(name: str):
-    module, _, qual = name.rpartition(".")
-
-    class LightningPlaceholder:
-        """Stands in for a Lightning object of the checkpoint (never executed)."""
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __setstate__(self, state):
-            self.state = state
-
-    LightningPlaceholder.__name__ = LightningPlaceholder.__qualname__ = qual
-    LightningPlaceholder.__module__ = module
-    return LightningPlaceholder
-
-
-def load_lightning_checkpoint(path: str, map_location="cpu", max_tries: int = 32) -> dict:
-    """The dict of a Lightning ``.ckpt`` (or any weights-only loadable file), see the module doc."""
-    extra: list = []
-    last = None
-    for _ in range(max_tries):
-        try:
-            with torch.serialization.safe_globals(_safe_globals() + extra):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"checkpoint '{path}' does not exist") from e
-        except Exception as e:  # noqa: BLE001  (the unpickler's error names the refused global)
-            last = e
-            m = _UNSUPPORTED.search(str(e))
-            if not m or not m.group(1).startswith(LIGHTNING_PACKAGES):
-                break
-            name = m.group(1)
-            if any(n == name for _, n in extra):
-                break
-            extra.append((_placeholder(name), name))
-    msg = str(last).splitlines()[0] if last is not None else "unknown error"
-    raise CheckpointError(f"cannot load checkpoint '{path}' safely: {msg}")
+from ..utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 
 
 def load_relvit_weights(model: nn.Module, path: str) -> None:
-    ck = load_lightning_checkpoint(path)
+    ck = load_checkpoint(path)
     own = model.state_dict()
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):  # Lightning: the whole RelViT
         sd = dict(ck["state_dict"])

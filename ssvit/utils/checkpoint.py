@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 from typing import Any, Iterable
 
@@ -57,16 +58,47 @@ def _safe_globals() -> list:
     return allowed
 
 
-def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
-    """``torch.load`` with weights_only=True plus the allow-list above. Raises ``CheckpointError``
-    with the path for missing, truncated or untrusted files."""
+#: PyTorch Lightning pickles its own objects into checkpoints (Lightning 1.3: the ``ModelCheckpoint``
+#: class as a key of ``callbacks``, e.g. RelViT's ``.ckpt`` files). Their globals get inert placeholders
+#: instead (never executed), so such files load without Lightning; any other refused global still fails.
+LIGHTNING_PACKAGES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "lightning_utilities.")
+_REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|global) ([\w.]+)")
+
+
+def _placeholder(name: str) -> type:
+    module, _, qual = name.rpartition(".")
+
+    class LightningPlaceholder:
+        """Stands in for a Lightning object of a checkpoint."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            self.state = state
+
+    LightningPlaceholder.__name__ = LightningPlaceholder.__qualname__ = qual
+    LightningPlaceholder.__module__ = module
+    return LightningPlaceholder
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu", max_placeholders: int = 32) -> Any:
+    """``torch.load`` with weights_only=True plus the allow-list above and placeholders for Lightning's
+    globals. Raises ``CheckpointError`` with the path for missing, truncated or untrusted files."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot load checkpoint '{path}': {_load_failure(e)}") from e
+    extra: list = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(_safe_globals() + extra):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            m = _REFUSED_GLOBAL.search(str(e))
+            name = m.group(1) if m else ""
+            if not name.startswith(LIGHTNING_PACKAGES) or len(extra) >= max_placeholders \
+                    or any(n == name for _, n in extra):
+                raise CheckpointError(f"cannot load checkpoint '{path}': {_load_failure(e)}") from e
+            extra.append((_placeholder(name), name))
 
 
 def _load_failure(e: Exception) -> str:
