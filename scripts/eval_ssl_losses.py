@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.config import bool_flag  # noqa: E402
-from ssvit.data import DataError, build_dataset  # noqa: E402
+from ssvit.data import DataError, build_dataset, split_root  # noqa: E402
 from ssvit.data.datasets import TransformedDataset  # noqa: E402
 from ssvit.evaluation.ssl_losses import evaluate_sit_losses  # noqa: E402
 from ssvit.methods.sit import SiTViews, _sit_dataset, build_sit_transform  # noqa: E402
@@ -63,8 +63,8 @@ def main(argv=None) -> dict:
     sd = ck.get(args.checkpoint_key) if isinstance(ck, dict) and isinstance(ck.get(args.checkpoint_key), dict) \
         else ck.get("model") if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else ck
     load_state_checked(model, strip_prefixes(sd, ("module.",)), f"SiT model '{args.arch}'")
-    root = os.path.join(args.data_path, "val") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
-    base = build_dataset(args.dataset, root, train=False, download=args.download, synthetic_size=args.synthetic_size)
+    base = build_dataset(args.dataset, split_root(args.dataset, args.data_path, "val"), train=False,
+                         download=args.download, synthetic_size=args.synthetic_size)
     ds = TransformedDataset(base, SiTViews(build_sit_transform(args.input_size, False)), seed=args.seed)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -158,7 +158,7 @@ def test_checkpoint_filter_drops_mismatched_heads_and_resizes_pos_embed_keeping_
 def test_lr_schedule_is_timms_cosine_stepped_after_each_epoch():
     from timm.scheduler import CosineLRScheduler
 
-    from ssvit.methods.sit import sit_lr_per_epoch
+    from ssvit.objectives.schedules import timm_cosine_per_epoch as sit_lr_per_epoch  # SiT-v1's lr per epoch
     for warmup in (3, 0):
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
         sched = CosineLRScheduler(opt, t_initial=12, lr_min=1e-5, warmup_lr_init=1e-6, warmup_t=warmup,

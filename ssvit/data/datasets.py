@@ -249,6 +249,13 @@ class _RGBView(Dataset):
         return img.convert("RGB"), int(target)
 
 
+def split_root(name: str, data_path: Optional[str], split: str) -> Optional[str]:
+    """Where ``split`` ('train' / 'val') of dataset ``name`` lives: ImageFolder sets keep
+    ``data_path/train`` and ``data_path/val``; the others read ``data_path`` (``build_dataset`` picks
+    the split)."""
+    return os.path.join(data_path, split) if name in ("imagefolder", "imagenet1k") else data_path
+
+
 def build_dataset(name: str, data_path: Optional[str], train: bool = True, download: bool = False,
                   on_bad_image: str = "skip", synthetic_size: int = 256, synthetic_image_size: int = 32) -> Dataset:
     """Raw (untransformed) dataset by name. ``imagefolder`` reads ``data_path`` itself for

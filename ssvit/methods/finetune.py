@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..config import bool_flag
 from ..models import create_backbone
 from .base import SSLMethod, register_method
+from .weight_ema import WeightEMA
 
 
 class FinetuneModel(nn.Module):
@@ -236,7 +237,7 @@ def build_finetune_transform(args, is_train: bool):
 
 
 @register_method("finetune")
-class Finetune(SSLMethod):
+class Finetune(WeightEMA, SSLMethod):
     has_ema_teacher = False
     loss_key = "criterion"
     best_metric = "acc1"
@@ -280,17 +281,13 @@ class Finetune(SSLMethod):
             self.mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                                   prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                                   label_smoothing=args.smoothing, num_classes=args.nb_classes)
-        self.ema = None
-        if args.model_ema:
-            import copy
-            self.ema = copy.deepcopy(self.student).eval()
-            for p in self.ema.parameters():
-                p.requires_grad = False
+        self.init_weight_ema(args.model_ema)
         self._val_loader = None
 
     # ---- data and loss
     def dataset_path(self, args):
-        return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
+        from ..data import split_root
+        return split_root(args.dataset, args.data_path, "train")
 
     def resume_source(self, args, output_dir):
         if args.resume:  # MAE's --resume FILE
@@ -341,13 +338,6 @@ class Finetune(SSLMethod):
         if self.args.finetune_clip_grad:  # MAE clips the global norm (the engine's --clip_grad is per parameter)
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.args.finetune_clip_grad)
 
-    @torch.no_grad()
-    def update_teacher(self, momentum):
-        if self.ema is None:
-            return
-        from ..utils.params import constant_ema_update  # timm's ModelEma: a constant decay
-        constant_ema_update(self.ema, self.student, self.args.model_ema_decay)
-
     # ---- validation
     def val_loader(self):
         if self._val_loader is None:
@@ -356,9 +346,9 @@ class Finetune(SSLMethod):
             from ..data import build_dataset
             from ..data.datasets import TransformedDataset
             a = self.args
-            base = build_dataset(a.dataset, a.data_path if a.dataset not in ("imagefolder", "imagenet1k")
-                                 else os.path.join(a.data_path, "val"), train=False, download=a.download,
-                                 synthetic_size=a.synthetic_size)
+            from ..data import split_root
+            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
+                                 download=a.download, synthetic_size=a.synthetic_size)
             ds = TransformedDataset(base, build_finetune_transform(a, is_train=False))
             from ..utils.distributed import get_rank, get_world_size, is_dist
             if a.dist_eval and is_dist() and get_world_size() > 1:
@@ -414,10 +404,3 @@ class Finetune(SSLMethod):
             print(f"Accuracy of the EMA model: {ema['acc1']:.1f}%")
         return stats
 
-    # ---- checkpoint (MAE's 'model' entry besides the engine's layout)
-    def extra_checkpoint_state(self):
-        return {"model_ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_checkpoint_state(self, ckpt):
-        if self.ema is not None and "model_ema" in ckpt:
-            self.ema.load_state_dict(ckpt["model_ema"])

@@ -267,7 +267,8 @@ class RelViTMethod(SSLMethod):
         self._val_loader = None
 
     def dataset_path(self, args):
-        return os.path.join(args.data_path, "train") if args.dataset == "imagefolder" else args.data_path
+        from ..data import split_root
+        return split_root(args.dataset, args.data_path, "train")
 
     def build_transform(self, args):
         return RelViTTransform(args, train=True)
@@ -327,8 +328,9 @@ class RelViTMethod(SSLMethod):
             from ..data import build_dataset
             from ..data.datasets import TransformedDataset
             a = self.args
-            root = os.path.join(a.data_path, "val") if a.dataset == "imagefolder" else a.data_path
-            base = build_dataset(a.dataset, root, train=False, download=a.download, synthetic_size=a.synthetic_size)
+            from ..data import split_root
+            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
+                                 download=a.download, synthetic_size=a.synthetic_size)
             ds = TransformedDataset(base, RelViTTransform(a, train=False), seed=a.seed)
             self._val_loader = DataLoader(ds, batch_size=a.batch_size_per_gpu, shuffle=False, num_workers=a.num_workers)
         return self._val_loader

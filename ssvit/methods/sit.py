@@ -26,7 +26,6 @@ the original) is drawn with the epoch each epoch (the original's single-GPU runs
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch.nn as nn
 from ..models import create_backbone
 from ..objectives.sit import MTL_loss, RandomRotation, distortImages
 from .base import SSLMethod, register_method
+from .weight_ema import WeightEMA
 
 
 class SiTViews:
@@ -70,14 +70,8 @@ def build_sit_transform(input_size: int, is_train: bool = True, color_jitter: fl
                                transforms.CenterCrop(input_size), *norm])
 
 
-def sit_lr_per_epoch(base_lr: float, epochs: int, warmup_lr: float, warmup_epochs: int, min_lr: float) -> np.ndarray:
-    """SiT-v1's lr per epoch: timm's cosine stepped after each epoch (``timm_cosine_per_epoch``)."""
-    from ..objectives.schedules import timm_cosine_per_epoch
-    return timm_cosine_per_epoch(base_lr, epochs, warmup_lr, warmup_epochs, min_lr)
-
-
 @register_method("sit")
-class SiT(SSLMethod):
+class SiT(WeightEMA, SSLMethod):
     has_ema_teacher = False
     loss_key = "criterion"
 
@@ -195,11 +189,7 @@ class SiT(SSLMethod):
             print(f"Initial weights from {args.finetune} (missing {len(missing)}, unexpected {len(unexpected)})")
         self.teacher = None
         self.criterion = MTL_loss(None, args.batch_size_per_gpu)
-        self.ema = None
-        if args.model_ema:
-            self.ema = copy.deepcopy(self.student).eval()
-            for p in self.ema.parameters():
-                p.requires_grad = False
+        self.init_weight_ema(args.model_ema)
 
     def build_transform(self, args):
         return SiTViews(build_sit_transform(args.input_size, True, args.color_jitter))
@@ -219,7 +209,8 @@ class SiT(SSLMethod):
         return repeated_aug_sampler(dataset, num_replicas, rank, "--repeated-aug", "--no-repeated-aug")
 
     def dataset_path(self, args):
-        return os.path.join(args.data_path, "train") if args.dataset in ("imagefolder", "imagenet1k") else args.data_path
+        from ..data import split_root
+        return split_root(args.dataset, args.data_path, "train")
 
     # ---- "SSL losses as metrics" every --validate-every epochs
     def val_loader(self):
@@ -229,8 +220,9 @@ class SiT(SSLMethod):
             from ..data import build_dataset
             from ..data.datasets import TransformedDataset
             a = self.args
-            root = os.path.join(a.data_path, "val") if a.dataset in ("imagefolder", "imagenet1k") else a.data_path
-            base = build_dataset(a.dataset, root, train=False, download=a.download, synthetic_size=a.synthetic_size)
+            from ..data import split_root
+            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
+                                 download=a.download, synthetic_size=a.synthetic_size)
             ds = TransformedDataset(base, SiTViews(build_sit_transform(a.input_size, False)), seed=a.seed)
             self._val_loader = DataLoader(ds, batch_size=int(1.5 * a.batch_size_per_gpu), shuffle=False,
                                           num_workers=a.num_workers)
@@ -290,20 +282,6 @@ class SiT(SSLMethod):
         return loss, {"RotationLoss": l_rot.item(), "RotationScalar": r_w.item(), "ContrastiveLoss": l_con.item(),
                       "ContrastiveScalar": cn_w.item(), "ReconstructionLoss": l_rec.item(),
                       "ReconstructionScalar": rec_w.item()}
-
-    @torch.no_grad()
-    def update_teacher(self, momentum):
-        if self.ema is None:
-            return
-        from ..utils.params import constant_ema_update  # timm's ModelEma: a constant decay
-        constant_ema_update(self.ema, self.student, self.args.model_ema_decay)
-
-    def extra_checkpoint_state(self):
-        return {"model_ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_checkpoint_state(self, ckpt):
-        if self.ema is not None and "model_ema" in ckpt:
-            self.ema.load_state_dict(ckpt["model_ema"])
 
 
 _SIT_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10", "svhn": "svhn",

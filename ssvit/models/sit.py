@@ -102,11 +102,8 @@ class VisionTransformer_SiT(nn.Module):  # noqa: N801  (the original's name)
 
     @staticmethod
     def _init_vit_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
+        _trunc_normal_linear(m)
+        if isinstance(m, nn.LayerNorm):
             nn.init.constant_(m.bias, 0)
             nn.init.constant_(m.weight, 1.0)
 
