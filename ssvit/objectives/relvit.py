@@ -25,6 +25,7 @@ per-patch RandomCrop(round(p / 1.15)) then Resize(p) (or ``centCrop``: CenterCro
 per-patch RandomResizedCrop(p, scale 0.85)), per-patch ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8,
 RandomGrayscale 0.2, ``randomNoise`` (N(0, 1) patch) 0.2. QUIRKS kept: the numbers after ':' are
 parsed and ignored; the colour ops run on the normalised tensor (torchvision clamps it to [0, 1]).
+The per-patch loops are vectorised (``ssvit.data.patch_transforms``) with the same draws and values.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import transforms
+
+from ..data.patch_transforms import (PatchColorJitter, PatchRandomCrop, PatchRandomGrayscale, PatchRandomNoise,
+                                     PatchRandomResizedCrop)
 
 RELATION_NAMES = ("LU", "CU", "RU", "LC", "CC", "RC", "LD", "CD", "RD")
 
@@ -196,26 +200,6 @@ def create_megapatches_grid(x: torch.Tensor, side: int, patch_size: int = 32, an
 
 
 # --------------------------------------------------------------------------- patch transforms
-class PerPatchAug:
-    """Apply ``fn`` to each patch of (N, C, p, p) independently."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.fn(p) for p in x], 0)
-
-
-class ReplaceNoise:
-    """A patch replaced by N(mean, std) noise."""
-
-    def __init__(self, mean: float = 0, std: float = 1):
-        self.mean, self.std = mean, std
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return torch.randn(tensor.size()) * self.std + self.mean
-
-
 KNOWN_PATCH_TRANSFORMS = ("centCrop", "colJitter", "grayScale", "randomNoise")
 
 
@@ -232,14 +216,14 @@ def get_patch_transforms(patch_trans: str, patch_size: int):
     tf = [lambda x: x.transpose(0, 1)]
     if "centCrop" in names:
         tf += [transforms.CenterCrop(int(np.ceil(patch_size / 1.15))),
-               PerPatchAug(transforms.RandomResizedCrop(patch_size, scale=(0.85, 0.85), ratio=(1, 1)))]
+               PatchRandomResizedCrop(patch_size, scale=(0.85, 0.85), ratio=(1, 1))]
     else:
-        tf += [PerPatchAug(transforms.RandomCrop(int(np.round(patch_size / 1.15)))), transforms.Resize(patch_size)]
+        tf += [PatchRandomCrop(int(np.round(patch_size / 1.15))), transforms.Resize(patch_size)]
     if "colJitter" in names:
-        tf += [PerPatchAug(transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8))]
+        tf += [PatchColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)]
     if "grayScale" in names:
-        tf += [PerPatchAug(transforms.RandomGrayscale(p=0.2))]
+        tf += [PatchRandomGrayscale(p=0.2)]
     if "randomNoise" in names:
-        tf += [PerPatchAug(transforms.RandomApply([ReplaceNoise()], p=0.2))]
+        tf += [PatchRandomNoise(p=0.2, mean=0.0, std=1.0)]
     tf += [lambda x: x.transpose(0, 1)]
     return transforms.Compose(tf)
