@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Pretrain one method on Fashion-MNIST from its config, then 20-NN and a cached linear-probe lr sweep of
 # its backbone (the BENCHMARKS.md rows beside the default job). Usage: scripts/fmnist_method_probe.sh CONFIG ARCH KEY
-# e.g. scripts/fmnist_method_probe.sh configs/fashion_mnist_sit.yaml sit_pico student
+# [PRETRAIN FLAGS...], e.g. scripts/fmnist_method_probe.sh configs/fashion_mnist_sit.yaml sit_pico student
+# (flags after KEY go to main_pretrain.py; an --output_dir there replaces the config's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cfg=$1; arch=$2; key=$3
+cfg=$1; arch=$2; key=$3; shift 3
 out=$(.venv/bin/python -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$cfg")
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --output_dir ]] && out=${args[i + 1]}; done
 start=$(date +%s)
-.venv/bin/python main_pretrain.py --config "$cfg"
+.venv/bin/python main_pretrain.py --config "$cfg" "$@"
 mid=$(date +%s)
 .venv/bin/python eval_knn.py --arch "$arch" --patch_size 4 --pretrained_weights "$out/checkpoint.pth" \
     --checkpoint_key "$key" --dataset fashion_mnist --nb_knn 20 --num_workers 0 --batch_size_per_gpu 256 \
