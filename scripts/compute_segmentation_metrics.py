@@ -13,6 +13,10 @@ and the mean IoU over all 27 classes (absent classes count 0) is printed as ``Io
 ``--dataset_path`` runs (or ``--data_root``, every run under it) add ``P/summary.json`` and a table:
 each run's mean IoU, their mean, and the IoU of the pooled confusion matrix.
 
+``--davis_path DAVIS --prediction_path OUT`` instead scores ``eval_video_segmentation.py``'s output by the
+region similarity J (per object and frame, the first frame left out, averaged per video; printed as
+``J: <float>``, JSON in ``OUT/davis_j.json``): a quick check, not the DAVIS toolkit's J&F (no contour F).
+
 Difference: ``--save_vis`` / ``--compute_metrics`` parse ``false``/``0``/``no`` as False (the original's
 ``type=bool`` makes every non-empty string True).
 """
@@ -31,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.evaluation.segmentation_io import IPACE_NUM_CLASSES, frame_stem, list_frames, read_labels  # noqa: E402
-from ssvit.evaluation.segmentation_metrics import ConfusionMatrix, overlay_panel  # noqa: E402
+from ssvit.evaluation.segmentation_metrics import ConfusionMatrix, overlay_panel, region_similarity  # noqa: E402
 
 
 def str2bool(v: str) -> bool:
@@ -50,7 +54,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_vis", type=str2bool, default=True, help="Whether to save overlayed visualisations.")
     p.add_argument("--compute_metrics", type=str2bool, default=True, help="Whether to compute metrics.")
     p.add_argument("--num_classes", type=int, default=IPACE_NUM_CLASSES, help="(ssvit) classes of the IoU")
+    p.add_argument("--davis_path", default="", type=str,
+                   help="(ssvit) a DAVIS-2017 folder: score --prediction_path by region similarity J instead")
     return p
+
+
+def evaluate_davis(davis_path: str, prediction_path: str, video_list: str = "ImageSets/2017/val.txt") -> dict:
+    """Mean J per video of DAVIS-layout predictions (objects = the ids of the first annotation but 0)."""
+    list_path = os.path.join(davis_path, video_list)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"video list not found: {list_path}")
+    with open(list_path) as f:
+        videos = [v.strip() for v in f if v.strip()]
+    per_video = {}
+    for video in videos:
+        ann = os.path.join(davis_path, "Annotations", "480p", video)
+        frames = sorted(f for f in os.listdir(ann) if f.endswith(".png")) if os.path.isdir(ann) else []
+        if not frames:
+            raise FileNotFoundError(f"no annotations in {ann}")
+        objects = [int(k) for k in np.unique(read_labels(os.path.join(ann, frames[0]))) if k not in (0, 255)]
+        scores = [region_similarity(read_labels(os.path.join(prediction_path, video, f)),
+                                    read_labels(os.path.join(ann, f)), objects) for f in frames[1:]]
+        per_video[video] = float(np.mean(scores)) if scores else 1.0
+        print(f"{video}  J: {per_video[video]:.4f}")
+    out = {"per_video_j": per_video, "mean_j": float(np.mean(list(per_video.values())))}
+    print(f"J: {out['mean_j']}")
+    with open(os.path.join(prediction_path, "davis_j.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
 
 
 def evaluate_run(run: str, prediction_path: str, num_classes: int = IPACE_NUM_CLASSES, save_vis: bool = True,
@@ -83,6 +114,10 @@ def evaluate_run(run: str, prediction_path: str, num_classes: int = IPACE_NUM_CL
 
 def main(argv: Optional[list] = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.davis_path:
+        if not args.prediction_path:
+            raise ValueError("--prediction_path is required (the --output_dir of eval_video_segmentation.py)")
+        return evaluate_davis(args.davis_path, args.prediction_path)
     runs = list(args.dataset_path)
     if args.data_root:
         if not os.path.isdir(args.data_root):

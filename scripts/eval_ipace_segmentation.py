@@ -29,7 +29,7 @@ from ssvit.cli import exit_status  # noqa: E402
 from ssvit.engine.distributed import DeviceError, resolve_device  # noqa: E402
 from ssvit.evaluation.segmentation_io import frame_stem, ipace_palette, list_frames  # noqa: E402
 from ssvit.evaluation.video_segmentation import (IPACE, add_propagation_args, build_propagation_backbone,  # noqa: E402
-                                                 segment_sequence)
+                                                 report_speed, segment_sequence)
 from ssvit.utils.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main(argv: Optional[list] = None) -> dict:
     device = resolve_device(args.device)
     model = build_propagation_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device)
     palette = ipace_palette()
-    results, frames, seconds = {}, 0, 0.0
+    results = {}
     for i, run in enumerate(runs):
         name = os.path.basename(run)
         print(f"[{i + 1}/{len(runs)}] Segmenting {name}")
@@ -75,9 +75,7 @@ def main(argv: Optional[list] = None) -> dict:
             r = segment_sequence(model, chunk, seed, out, palette, IPACE, args.patch_size, args.n_last_frames,
                                  args.topk, args.size_mask_neighborhood)
             results[name].append(r)
-            frames, seconds = frames + r.frames, seconds + r.seconds
-    if frames:
-        print(f"{frames} frames propagated in {seconds:.1f} s ({seconds / frames:.3f} s per frame on {device})")
+    report_speed([r for rs in results.values() for r in rs], device)
     return results
 
 

@@ -27,7 +27,7 @@ from ssvit.cli import exit_status  # noqa: E402
 from ssvit.engine.distributed import DeviceError, resolve_device  # noqa: E402
 from ssvit.evaluation.segmentation_io import davis_palette, list_frames  # noqa: E402
 from ssvit.evaluation.video_segmentation import (DAVIS, add_propagation_args, build_propagation_backbone,  # noqa: E402
-                                                 segment_sequence)
+                                                 report_speed, segment_sequence)
 from ssvit.utils.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -36,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_propagation_args(p)
     p.add_argument("--video_list", default="ImageSets/2017/val.txt", type=str,
                    help="(ssvit) the list of videos, relative to --data_path")
+    p.add_argument("--short_side", default=480, type=int,
+                   help="(ssvit) frames resized to this short side (the long one floored to x64): 480 as the original")
     return p
 
 
@@ -47,21 +49,22 @@ def main(argv: Optional[list] = None) -> dict:
         raise FileNotFoundError(f"video list not found: {list_path} (is --data_path a DAVIS-2017 folder?)")
     with open(list_path) as f:
         videos = [v.strip() for v in f if v.strip()]
+    if args.short_side < 64 or args.short_side % args.patch_size:
+        raise ValueError(f"--short_side must be >= 64 and a multiple of --patch_size, got {args.short_side}")
     device = resolve_device(args.device)
     model = build_propagation_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device)
     palette = davis_palette()
-    results, frames, seconds = {}, 0, 0.0
+    results = {}
     for i, video in enumerate(videos):
         print(f"[{i}/{len(videos)}] Begin to segmentate video {video}.")
         frame_list = list_frames(os.path.join(args.data_path, "JPEGImages", "480p", video))
         seed = os.path.join(args.data_path, "Annotations", "480p", video,
                             os.path.splitext(os.path.basename(frame_list[0]))[0] + ".png")
         r = segment_sequence(model, frame_list, seed, os.path.join(args.output_dir, video), palette, DAVIS,
-                             args.patch_size, args.n_last_frames, args.topk, args.size_mask_neighborhood)
+                             args.patch_size, args.n_last_frames, args.topk, args.size_mask_neighborhood,
+                             args.short_side)
         results[video] = r
-        frames, seconds = frames + r.frames, seconds + r.seconds
-    if frames:
-        print(f"{frames} frames propagated in {seconds:.1f} s ({seconds / frames:.3f} s per frame on {device})")
+    report_speed(list(results.values()), device)
     return results
 
 

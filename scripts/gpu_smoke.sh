@@ -173,6 +173,24 @@ check sit_v2_step "$PY" main_pretrain.py --method sit_v2 --arch vit_pico --patch
 check relvit_step "$PY" main_pretrain.py --method relvit --task upstream --use_relations --use_abs_positions \
   --model_size pico --batch_size 8 "${SMALL[@]}" --output_dir "$OUT/relvit"
 
+# 8c. segmentation propagation on the device (DAVIS and I-PACE layouts of generated sequences; a random-init ViT)
+"$PY" - "$ARCH" 16 "$OUT/seg_vit.pth" <<'EOF_PY' >/dev/null 2>&1
+import sys, torch
+from ssvit.models import create_backbone
+torch.manual_seed(0)
+torch.save({"teacher": create_backbone(sys.argv[1], patch_size=int(sys.argv[2]), num_classes=0).state_dict()}, sys.argv[3])
+EOF_PY
+"$PY" scripts/make_synthetic_sequences.py --output_dir "$OUT/seq" --n_sequences 1 --n_frames 4 --height 70 --width 100 \
+  >/dev/null 2>&1
+SEG=(--arch $ARCH --patch_size 16 --pretrained_weights "$OUT/seg_vit.pth" --device "$DEVICE")
+check video_segmentation "$PY" scripts/eval_video_segmentation.py "${SEG[@]}" --data_path "$OUT/seq/davis" \
+  --output_dir "$OUT/seg_davis"
+check ipace_segmentation "$PY" scripts/eval_ipace_segmentation.py "${SEG[@]}" --data_path "$OUT/seq/ipace" \
+  --output_dir "$OUT/seg_ipace" --refresh_label_interval 3
+check segmentation_metrics "$PY" scripts/compute_segmentation_metrics.py --data_root "$OUT/seq/ipace" \
+  --prediction_path "$OUT/seg_ipace"
+expect segmentation_on_device video_segmentation "per frame on $DEVICE"
+
 # 9. benchmark rows (ssvit step vs the original code paths, same process)
 check bench_dino_fp16 "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype fp16 --compare_original --device "$DEVICE" \
   --json "$OUT/bench_dino_fp16.json"

@@ -63,8 +63,9 @@ def test_label_propagation_equals_the_original():
     tar = torch.randn(h * w, D, generator=g)
     for mask in (None, neighbourhood_mask(h, w, 1)):
         for k in (1, 5):
-            torch.testing.assert_close(label_propagation(tar, feats, segs, k, mask),
-                                       original_propagation(tar, feats, segs, k, mask))
+            want = original_propagation(tar, feats, segs, k, mask)
+            for chunk in (None, 1, 7):  # targets in chunks: the same numbers
+                torch.testing.assert_close(label_propagation(tar, feats, segs, k, mask, chunk=chunk), want)
 
 
 def test_neighbourhood_mask_changes_the_result_on_a_case_built_for_it():
@@ -138,6 +139,27 @@ def test_davis_sizes_and_uint8_resize():
     assert (resize_uint8_bilinear(np.full((5, 5, 3), 77, np.uint8), (9, 11)) == 77).all()
     ramp = np.tile(np.array([0, 100], np.uint8)[None, :, None], (1, 1, 3))
     assert resize_uint8_bilinear(ramp, (1, 4))[0, :, 0].tolist() == [0, 25, 75, 100]
+
+
+# cv2.resize(img, (8, 6)) and (11, 4) of np.random.default_rng(0).integers(0, 256, (9, 13, 3), np.uint8),
+# channels 0 and 2, computed with opencv-python-headless 5.1.0 (not a dependency)
+CV2_6x8 = ([[141, 42, 207, 93, 93, 68, 49, 124], [103, 78, 180, 129, 121, 152, 85, 152],
+            [175, 175, 176, 76, 191, 82, 57, 166], [110, 40, 99, 170, 101, 137, 125, 160],
+            [96, 173, 100, 100, 111, 101, 77, 161], [149, 148, 102, 105, 35, 169, 88, 150]],
+           [[169, 91, 92, 191, 80, 84, 77, 83], [70, 214, 134, 58, 214, 102, 151, 100],
+            [161, 163, 28, 178, 158, 156, 193, 171], [161, 159, 135, 121, 56, 66, 90, 183],
+            [188, 49, 115, 153, 78, 83, 83, 115], [78, 173, 128, 169, 83, 70, 94, 154]])
+CV2_4x11 = ([[162, 105, 106, 168, 91, 173, 90, 133, 78, 136, 138], [167, 165, 218, 174, 78, 223, 141, 63, 48, 127, 208],
+             [70, 111, 58, 85, 209, 57, 88, 131, 75, 196, 181], [132, 185, 112, 55, 65, 84, 82, 165, 154, 161, 137]],
+            [[97, 162, 176, 124, 122, 218, 120, 124, 132, 81, 155], [172, 178, 122, 31, 184, 135, 200, 133, 190, 234, 120],
+             [210, 127, 118, 168, 151, 241, 22, 24, 69, 116, 176], [136, 124, 168, 129, 119, 141, 84, 127, 123, 165, 196]])
+
+
+def test_frame_resize_is_opencvs_bit_for_bit_when_shrinking():
+    img = np.random.default_rng(0).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    for size, (c0, c2) in (((6, 8), CV2_6x8), ((4, 11), CV2_4x11)):
+        out = resize_uint8_bilinear(img, size)
+        assert out[..., 0].tolist() == c0 and out[..., 2].tolist() == c2
 
 
 def test_seed_label_downsampling_rules(tmp_path):

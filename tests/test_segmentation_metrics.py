@@ -14,7 +14,7 @@ from PIL import Image
 
 from ssvit.data.synthetic_sequences import write_davis, write_ipace
 from ssvit.evaluation.segmentation_io import IPACE_COLOURS, davis_palette
-from ssvit.evaluation.segmentation_metrics import ConfusionMatrix, overlay_panel, render_semseg
+from ssvit.evaluation.segmentation_metrics import ConfusionMatrix, overlay_panel, region_similarity, render_semseg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -61,6 +61,13 @@ def test_confusion_accumulates_over_frames_and_refuses_bad_ids():
         a.update(np.array([[7]]), np.array([[0]]))
     with pytest.raises(ValueError, match="differ in size"):
         a.update(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_region_similarity_by_hand():
+    gt = np.array([[1, 1, 0], [2, 2, 255]])
+    pred = np.array([[1, 0, 0], [2, 1, 1]])
+    # object 1: P = {(0,0), (1,2)->void dropped, (1,1)}, G = {(0,0), (0,1)}: 1 / 3; object 2: 1 / 2; 3 absent: 1
+    assert region_similarity(pred, gt, [1, 2, 3]) == pytest.approx([1 / 3, 1 / 2, 1.0])
 
 
 def test_overlay_panel_layout():
@@ -130,7 +137,8 @@ def test_davis_script_end_to_end(tmp_path, tiny_vit_checkpoint):
     names = write_davis(data, n_sequences=2, n_frames=4, size=(50, 75))
     out = str(tmp_path / "out")
     res = evs.main(["--arch", "vit_pico", "--patch_size", "8", "--pretrained_weights", tiny_vit_checkpoint,
-                    "--data_path", data, "--output_dir", out, "--device", "cpu", "--n_last_frames", "2"])
+                    "--data_path", data, "--output_dir", out, "--device", "cpu", "--n_last_frames", "2",
+                    "--short_side", "128"])  # frames 128 x 192 (the original's 480 would be 480 x 704)
     assert sorted(res) == names
     files = sorted(os.listdir(os.path.join(out, names[1])))
     assert files == ["00000.png", "00001.png", "00002.png", "00003.png"]
@@ -140,6 +148,12 @@ def test_davis_script_end_to_end(tmp_path, tiny_vit_checkpoint):
         assert np.array_equal(np.array(im.getpalette()).reshape(-1, 3), davis_palette())
     with Image.open(os.path.join(out, names[1], "00003.png")) as im:
         assert im.size == (75, 50) and set(np.unique(np.asarray(im))) <= set(range(int(gt0.max()) + 1))
+    j = csm.main(["--davis_path", data, "--prediction_path", out])
+    assert sorted(j["per_video_j"]) == names and 0 <= j["mean_j"] <= 1
+    assert os.path.isfile(os.path.join(out, "davis_j.json"))
+    # the annotations themselves score J = 1
+    ann = os.path.join(data, "Annotations", "480p")
+    assert csm.main(["--davis_path", data, "--prediction_path", ann])["mean_j"] == 1.0
 
 
 def test_mae_checkpoints_load_their_encoder(tmp_path, monkeypatch):
@@ -178,3 +192,4 @@ def test_missing_weights_and_zero_queue_exit_2(tmp_path, tiny_vit_checkpoint):
     assert evs.cli(["--data_path", data, "--arch", "vit_pico", "--patch_size", "8", "--device", "cpu",
                     "--pretrained_weights", tiny_vit_checkpoint, "--n_last_frames", "0",
                     "--output_dir", str(tmp_path / "o")]) == 2
+    assert evs.cli(["--data_path", data, "--short_side", "100"]) == 2  # not a multiple of the patch

@@ -52,28 +52,38 @@ def norm_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+AFFINITY_BUDGET = 2 ** 26  # elements of one affinity chunk (256 MiB in fp32)
+
+
 def label_propagation(feat_tar: torch.Tensor, ctx_feats: list[torch.Tensor], ctx_segs: list[torch.Tensor],
-                      topk: int = 5, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      topk: int = 5, mask: Optional[torch.Tensor] = None, chunk: Optional[int] = None) -> torch.Tensor:
     """Soft labels (1, C, h, w) of a target frame.
 
     feat_tar (hw, D) target patch features; ctx_feats: n tensors (D, hw) (features transposed, as the
     original queues them); ctx_segs: n tensors (1, C, h, w); mask: (hw, hw) or None (no restriction).
+    Every target patch is computed on its own, so the targets are taken ``chunk`` at a time (default: as
+    many as fit ``AFFINITY_BUDGET`` affinities) -- the same numbers as the original's one
+    (n, hw, hw) affinity tensor, in bounded memory (ViT-S/8 on DAVIS: 6240 patches a frame).
     """
     q = F.normalize(feat_tar, dim=1, p=2)
-    keys = F.normalize(torch.stack(ctx_feats), dim=1, p=2)  # (n, D, hw)
-    n = keys.shape[0]
-    aff = torch.exp(torch.matmul(q.unsqueeze(0), keys) / TEMPERATURE)  # (n, hw_t, hw_s)
-    if mask is not None:
-        aff = aff * mask
-    hw = aff.shape[1]
-    aff = aff.transpose(2, 1).reshape(-1, hw)  # (n * hw_s, hw_t)
-    kth = torch.topk(aff, dim=0, k=min(topk, aff.shape[0])).values.min(dim=0).values
-    aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
-    aff = aff / aff.sum(dim=0, keepdim=True)
+    keys = F.normalize(torch.stack(ctx_feats), dim=1, p=2)  # (n, D, hw_s)
+    n, _, hw_s = keys.shape
     segs = torch.cat(ctx_segs)
     _, C, h, w = segs.shape
     segs = segs.reshape(n, C, -1).transpose(2, 1).reshape(-1, C).T  # (C, n * hw_s)
-    return (segs @ aff).reshape(1, C, h, w)
+    hw = q.shape[0]
+    chunk = chunk or max(1, AFFINITY_BUDGET // (n * hw_s))
+    out = []
+    for c0 in range(0, hw, chunk):
+        aff = torch.exp(torch.matmul(q[c0:c0 + chunk].unsqueeze(0), keys) / TEMPERATURE)  # (n, t, hw_s)
+        if mask is not None:
+            aff = aff * mask[c0:c0 + chunk]
+        aff = aff.transpose(2, 1).reshape(n * hw_s, -1)  # (n * hw_s, t): sources x targets
+        kth = torch.topk(aff, dim=0, k=min(topk, aff.shape[0])).values.min(dim=0).values
+        aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
+        aff = aff / aff.sum(dim=0, keepdim=True)
+        out.append(segs @ aff)
+    return torch.cat(out, 1).reshape(1, C, h, w)
 
 
 class PropagationStep(NamedTuple):

@@ -3,9 +3,9 @@
 
 Frames: decoded with PIL (libjpeg, as OpenCV), RGB, /255, normalised with the originals' constants --
 mean (0.485, 0.456, 0.406), **std (0.228, 0.224, 0.225)** (QUIRK: 0.228, not 0.229). DAVIS resizes the
-short side to 480 and floors the long side to a multiple of 64 (854 x 480 -> 832 x 480), bilinear
-without antialiasing on the uint8 image, rounded back to uint8, as ``cv2.resize`` does (cv2's 11-bit
-fixed-point weights can differ by one grey level); I-PACE keeps the native size.
+short side to 480 and floors the long side to a multiple of 64 (854 x 480 -> 832 x 480) with
+``cv2.resize``'s fixed-point bilinear arithmetic on the uint8 image (bit-exact when shrinking); I-PACE
+keeps the native size. PIL's JPEG decoding equals ``cv2.imread``'s (measured: identical pixels).
 
 Labels: DAVIS annotations are resized with PIL NEAREST to the feature grid and one-hot encoded over
 ``max + 1`` channels. Difference (documented): for a square frame the original's ``read_seg`` swaps the
@@ -90,14 +90,34 @@ def _load_rgb(path: str) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
+def _linear_taps(dst: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1),
+    the position ``(d + 0.5) * src / dst - 0.5`` in float32, each weight rounded on its own."""
+    pos = ((np.arange(dst) + 0.5) * (1.0 / (dst / src)) - 0.5).astype(np.float32)
+    i0 = np.floor(pos).astype(np.int64)
+    frac = (pos - i0).astype(np.float32)
+    low, high = i0 < 0, i0 >= src - 1
+    frac[low | high] = 0
+    i0[low], i0[high] = 0, src - 1
+    w0 = np.rint((np.float32(1) - frac) * np.float32(2048)).astype(np.int64)
+    w1 = np.rint(frac * np.float32(2048)).astype(np.int64)
+    return i0, np.minimum(i0 + 1, src - 1), w0, w1
+
+
 def resize_uint8_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (th, tw, 3) uint8: bilinear, half-pixel centres, no antialiasing, rounded
-    (``cv2.resize(img, (tw, th))``'s INTER_LINEAR)."""
-    if tuple(img.shape[:2]) == tuple(size):
+    """(H, W, C) uint8 -> (th, tw, C) uint8 as ``cv2.resize(img, (tw, th))`` (INTER_LINEAR) computes it: 11-bit
+    fixed-point weights, a horizontal then a vertical pass, OpenCV's vectorised rounding. Measured against
+    OpenCV 5.1.0: bit-exact when shrinking (every DAVIS frame), one level off on ~0.03 % of the values when
+    enlarging."""
+    th, tw = size
+    if tuple(img.shape[:2]) == (th, tw):
         return img
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float()
-    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return t.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    x0, x1, a0, a1 = _linear_taps(tw, img.shape[1])
+    y0, y1, b0, b1 = _linear_taps(th, img.shape[0])
+    src = img.astype(np.int64)
+    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]  # x 2048
+    out = (((b0[:, None, None] * (rows[y0] >> 4)) >> 16) + ((b1[:, None, None] * (rows[y1] >> 4)) >> 16) + 2) >> 2
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def normalise(img: np.ndarray) -> torch.Tensor:
@@ -106,12 +126,12 @@ def normalise(img: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
 
 
-def read_frame(path: str, resize: bool = True) -> tuple[torch.Tensor, int, int]:
+def read_frame(path: str, resize: bool = True, short: int = 480) -> tuple[torch.Tensor, int, int]:
     """(normalised (3, th, tw) frame, original h, original w); ``resize=False`` keeps the native size."""
     img = _load_rgb(path)
     h, w = img.shape[:2]
     if resize:
-        img = resize_uint8_bilinear(img, davis_size(h, w))
+        img = resize_uint8_bilinear(img, davis_size(h, w, short))
     return normalise(img), h, w
 
 
@@ -125,11 +145,11 @@ def read_labels(path: str) -> np.ndarray:
         return np.asarray(im).astype(np.uint8)
 
 
-def read_seg_davis(path: str, patch_size: int) -> tuple[torch.Tensor, np.ndarray]:
+def read_seg_davis(path: str, patch_size: int, short: int = 480) -> tuple[torch.Tensor, np.ndarray]:
     """(one-hot (1, max + 1, th/p, tw/p) at the frame's DAVIS size, the original (H, W) labels)."""
     labels = read_labels(path)
     h, w = labels.shape
-    th, tw = davis_size(h, w)
+    th, tw = davis_size(h, w, short)
     small = np.asarray(Image.fromarray(labels).resize((tw // patch_size, th // patch_size), Image.NEAREST))
     return to_one_hot(torch.from_numpy(small.copy()).unsqueeze(0)), labels
 

@@ -96,3 +96,16 @@ def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, colours=I
     draw.text((w // 2 - 70, y), "Ground truth", (255, 255, 255), font=font)
     draw.text((w + w // 2 - 40, y), "Prediction", (255, 255, 255), font=font)
     return np.asarray(pil)
+
+
+def region_similarity(pred: np.ndarray, gt: np.ndarray, object_ids) -> list[float]:
+    """DAVIS's region similarity J per object of one frame: ``|P_k & G_k| / |P_k | G_k|`` for each id in
+    ``object_ids`` (1 when the object is absent from both, as the DAVIS toolkit scores it). Pixels with
+    ground truth 255 (DAVIS's void) are left out."""
+    keep = gt != IGNORE
+    out = []
+    for k in object_ids:
+        p, g = (pred == k) & keep, (gt == k) & keep
+        union = np.logical_or(p, g).sum()
+        out.append(1.0 if union == 0 else float(np.logical_and(p, g).sum() / union))
+    return out

@@ -26,7 +26,7 @@ from .segmentation_io import (frame_stem, imwrite_indexed, pil_nearest_resize, r
 
 class Recipe(NamedTuple):
     resize_frames: bool                                   # DAVIS short side 480 (True) or native (False)
-    read_seed: Callable[[str, int], tuple]                # (path, patch) -> (one-hot (1, C, h, w), labels)
+    read_seed: Callable[..., tuple]                       # (path, patch[, short]) -> (one-hot (1, C, h, w), labels)
     upsample_by_patch: bool                               # x p then PIL NEAREST (True) or straight to (H, W)
     first_name: Optional[str]                             # the seed frame's file name (None: its own stem)
 
@@ -44,11 +44,15 @@ class SequenceResult(NamedTuple):
 @torch.no_grad()
 def segment_sequence(model: nn.Module, frame_paths: list[str], seed_path: str, out_dir: str, palette: np.ndarray,
                      recipe: Recipe, patch_size: int, n_last_frames: int = 7, topk: int = 5,
-                     size_mask_neighborhood: int = 12) -> SequenceResult:
-    """Propagate the annotation ``seed_path`` of ``frame_paths[0]`` through the other frames into ``out_dir``."""
+                     size_mask_neighborhood: int = 12, short_side: int = 480) -> SequenceResult:
+    """Propagate the annotation ``seed_path`` of ``frame_paths[0]`` through the other frames into ``out_dir``
+    (``short_side``: the DAVIS recipe's frame size, 480 as the original)."""
     os.makedirs(out_dir, exist_ok=True)
-    first_seg, seg_ori = recipe.read_seed(seed_path, patch_size)
-    frame1, ori_h, ori_w = read_frame(frame_paths[0], resize=recipe.resize_frames)
+    if recipe.resize_frames:
+        first_seg, seg_ori = recipe.read_seed(seed_path, patch_size, short_side)
+    else:
+        first_seg, seg_ori = recipe.read_seed(seed_path, patch_size)
+    frame1, ori_h, ori_w = read_frame(frame_paths[0], recipe.resize_frames, short_side)
     if seg_ori.shape != (ori_h, ori_w):
         raise ValueError(f"{seed_path}: labels {seg_ori.shape} and frame {(ori_h, ori_w)} differ in size")
     feat1, h, w = patch_features(model, frame1, patch_size)
@@ -61,7 +65,7 @@ def segment_sequence(model: nn.Module, frame_paths: list[str], seed_path: str, o
 
     def feats():
         for path in frame_paths[1:]:
-            frame, fh, fw = read_frame(path, resize=recipe.resize_frames)
+            frame, fh, fw = read_frame(path, recipe.resize_frames, short_side)
             if (fh, fw) != (ori_h, ori_w):
                 raise ValueError(f"{path}: frame size {(fh, fw)} differs from the sequence's {(ori_h, ori_w)}")
             yield patch_features(model, frame, patch_size)[0]
@@ -76,6 +80,15 @@ def segment_sequence(model: nn.Module, frame_paths: list[str], seed_path: str, o
         imwrite_indexed(path, ids, palette)
         written.append(path)
     return SequenceResult(written, len(frame_paths) - 1, time.perf_counter() - start)
+
+
+def report_speed(results: list[SequenceResult], device) -> Optional[float]:
+    """Print and return the seconds per propagated frame over ``results`` (None when nothing was propagated)."""
+    frames, seconds = sum(r.frames for r in results), sum(r.seconds for r in results)
+    if not frames:
+        return None
+    print(f"{frames} frames propagated in {seconds:.1f} s ({seconds / frames:.3f} s per frame on {device})")
+    return seconds / frames
 
 
 MAE_ARCHS = {"mae": ("vit_base", 16)}  # anthonyhu/dino's --arch mae: mae_vit_base_patch16's encoder
