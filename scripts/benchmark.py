@@ -20,6 +20,19 @@ below, or ``--peak_tflops``).
 
 Example: python scripts/benchmark.py --arch vit_small --patch_size 16 --batch_size_per_gpu 64 \
              --local_crops_number 10 --device cuda --compare_original
+
+Whole-process epochs (issue 14's CPU ratio): ``--baseline`` runs one epoch of the original
+``main_dino.py`` training loop re-created eagerly (``original_epoch``: DINO's PIL augmentation with
+ToTensor + Normalize on the main thread, explicit-softmax attention, an unfused for-loop AdamW,
+per-parameter clipping with a host sync per tensor, the per-parameter EMA loop, the loss read twice per
+step, ``checkpoint.pth`` at the end); ``--compare_epoch --rounds N`` times, in alternating rounds, that
+process against ``main_pretrain.py`` with the same flags (each a fresh process, wall time from start to
+exit) and prints each round and the median ratio:
+
+    python scripts/benchmark.py --compare_epoch --rounds 4 --method dino --arch vit_tiny --patch_size 16 \
+        --data_path DIR --epochs 1 --batch_size_per_gpu 32 --local_crops_number 2 --num_workers 0 --out_dim 4096
+
+(without ``--data_path`` a 128-image ImageFolder of scikit-image photos is generated in a temp folder).
 """
 from __future__ import annotations
 
@@ -154,6 +167,136 @@ def run(args, device, original: bool, warmup: int, iters: int, images, flops: fl
             "achieved_tflops": flops / dt / 1e12, "peak_mem_gib": peak}
 
 
+def original_transform(args):
+    """main_dino.py's DataAugmentationDINO: PIL ops, torchvision ToTensor + Normalize."""
+    from torchvision import transforms
+    from ssvit.data.transforms import GaussianBlur, Solarization, flip_and_color_jitter
+    bicubic = transforms.InterpolationMode.BICUBIC
+    fcj = flip_and_color_jitter()
+    norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    g1 = transforms.Compose([transforms.RandomResizedCrop(args.global_crops_size, scale=tuple(args.global_crops_scale),
+                                                          interpolation=bicubic), fcj, GaussianBlur(1.0), norm])
+    g2 = transforms.Compose([transforms.RandomResizedCrop(args.global_crops_size, scale=tuple(args.global_crops_scale),
+                                                          interpolation=bicubic), fcj, GaussianBlur(0.1),
+                             Solarization(0.2), norm])
+    loc = transforms.Compose([transforms.RandomResizedCrop(args.local_crops_size, scale=tuple(args.local_crops_scale),
+                                                           interpolation=bicubic), fcj, GaussianBlur(p=0.5), norm])
+    return lambda im: [g1(im), g2(im)] + [loc(im) for _ in range(args.local_crops_number)]
+
+
+def original_epoch(args) -> float:
+    """One epoch of facebookresearch/dino's ``train_one_epoch`` on the CPU, eager, with its code paths
+    (see the module doc); returns the loop's seconds. The modules are ssvit's DINO modules (the same
+    state-dict layout and numerics) with the fused attention switched off."""
+    import math
+    from torch.utils.data import DataLoader
+    from torchvision import datasets
+    from ssvit.objectives.schedules import cosine_scheduler
+    from ssvit.utils.params import cancel_gradients_last_layer
+    fix_random_seeds(args.seed)
+    method = get_method("dino")(args)
+    for m in method.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    student, teacher, dino_loss = method.student, method.teacher, method.criterion
+    data = datasets.ImageFolder(args.data_path, transform=original_transform(args))
+    loader = DataLoader(data, batch_size=args.batch_size_per_gpu, shuffle=True, num_workers=args.num_workers,
+                        drop_last=True)
+    optimizer = torch.optim.AdamW(method.param_groups(student), foreach=False)  # torch 1.7's AdamW: a loop
+    n = len(loader)
+    lr_schedule = cosine_scheduler(args.lr * args.batch_size_per_gpu / 256., args.min_lr, args.epochs, n,
+                                   warmup_epochs=args.warmup_epochs)
+    wd_schedule = cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, n)
+    momentum_schedule = cosine_scheduler(args.momentum_teacher, 1, args.epochs, n)
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        for it, (images, _) in enumerate(loader):
+            it = n * epoch + it
+            for i, g in enumerate(optimizer.param_groups):
+                g["lr"] = lr_schedule[it]
+                if i == 0:
+                    g["weight_decay"] = wd_schedule[it]
+            teacher_output = teacher(images[:2])
+            student_output = student(images)
+            loss = dino_loss(student_output, teacher_output, epoch)
+            if not math.isfinite(loss.item()):
+                raise RuntimeError("non-finite loss")
+            optimizer.zero_grad()
+            loss.backward()
+            if args.clip_grad:
+                clip_gradients_original(student, args.clip_grad)
+            cancel_gradients_last_layer(epoch, student, args.freeze_last_layer)
+            optimizer.step()
+            with torch.no_grad():
+                m = momentum_schedule[it]
+                for param_q, param_k in zip(student.parameters(), teacher.parameters()):
+                    param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+            print(f"it {it} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.3g}", flush=True)
+        os.makedirs(args.output_dir, exist_ok=True)
+        torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
+                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "dino_loss": dino_loss.state_dict()},
+                   os.path.join(args.output_dir, "checkpoint.pth"))
+    return time.perf_counter() - t0
+
+
+def sample_image_folder(root: str, n: int = 128, size=(500, 375)) -> str:
+    """An ImageFolder of ``n`` JPEGs (random crops of scikit-image's photos at ImageNet-like size), made once."""
+    import numpy as np
+    from PIL import Image
+    import skimage.data as sk
+    train = os.path.join(root, "train")
+    if os.path.isdir(train) and sum(len(f) for _, _, f in os.walk(train)) == n:
+        return train
+    photos = [sk.astronaut(), sk.coffee(), sk.chelsea(), sk.rocket(), sk.hubble_deep_field(),
+              sk.immunohistochemistry(), sk.retina()]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = p.shape[:2]
+        ch, cw = int(h * rng.uniform(0.6, 1)), int(w * rng.uniform(0.6, 1))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        d = os.path.join(train, f"c{i % 4}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(p[y:y + ch, x:x + cw]).convert("RGB").resize(size, Image.BICUBIC).save(
+            os.path.join(d, f"{i:04d}.jpg"), quality=90)
+    return train
+
+
+def compare_epoch(rest: list, rounds: int, json_path: Optional[str]) -> dict:
+    """Alternating rounds of whole-process wall time: ``main_pretrain.py REST`` vs ``benchmark.py --baseline REST``."""
+    import statistics
+    import subprocess
+    import tempfile
+    rest = list(rest)
+    tmp = tempfile.mkdtemp(prefix="ssvit_epoch_bench_")
+    if "--data_path" not in rest:
+        rest += ["--data_path", sample_image_folder(os.path.join(tmp, "data"))]
+    rows = []
+    for r in range(rounds):
+        row = {}
+        for name in (("ssvit", "original") if r % 2 == 0 else ("original", "ssvit")):
+            out = os.path.join(tmp, f"{name}_{r}")
+            cmd = [sys.executable, os.path.join(ROOT, "main_pretrain.py"), *rest, "--output_dir", out] \
+                if name == "ssvit" else [sys.executable, os.path.abspath(__file__), "--baseline", *rest,
+                                         "--output_dir", out]
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            row[name] = time.perf_counter() - t0
+            if p.returncode != 0:
+                raise RuntimeError(f"{name} run failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        row["ratio"] = row["original"] / row["ssvit"]
+        rows.append(row)
+        print(f"round {r}: ssvit {row['ssvit']:.1f} s, original {row['original']:.1f} s, ratio {row['ratio']:.2f}x",
+              flush=True)
+    med = statistics.median(r["ratio"] for r in rows)
+    print(f"median speed-up ssvit / original (whole process, {rounds} rounds): {med:.2f}x")
+    out = {"rounds": rows, "median_ratio": med, "argv": rest}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
@@ -164,7 +307,19 @@ def main(argv=None):
                             "see PEAK_TFLOPS; none on CPU)")
     extra.add_argument("--compare_original", action="store_true")
     extra.add_argument("--json", type=str, default=None, help="also write the figures to this file")
+    extra.add_argument("--baseline", action="store_true", help="one epoch of the original DINO loop (eager, CPU)")
+    extra.add_argument("--compare_epoch", action="store_true",
+                       help="whole-process epochs: main_pretrain.py against --baseline, alternating rounds")
+    extra.add_argument("--rounds", type=int, default=4)
     known, rest = extra.parse_known_args(argv)
+    if known.compare_epoch:
+        return compare_epoch(rest, known.rounds, known.json)
+    if known.baseline:
+        args = parse_with_config(get_args_parser(rest), rest)
+        validate_args(args)
+        secs = original_epoch(args)
+        print(f"original DINO loop: {secs:.1f} s for the epoch")
+        return {"loop_seconds": secs}
     args = parse_with_config(get_args_parser(rest), rest)
     validate_args(args)
     get_method(args.method).check_args(args)

@@ -128,11 +128,12 @@ def main(argv: Optional[list] = None) -> dict:
         raise ValueError("give --dataset_path RUN [RUN ...] or --data_root DATAROOT")
     if not args.prediction_path:
         raise ValueError("--prediction_path is required (the --output_dir of eval_ipace_segmentation.py)")
-    per_run, pooled = {}, ConfusionMatrix(args.num_classes)
+    per_run, present, pooled = {}, {}, ConfusionMatrix(args.num_classes)
     for run in runs:
         cm = evaluate_run(run, args.prediction_path, args.num_classes, args.save_vis, args.compute_metrics)
         if cm is not None:
             per_run[os.path.basename(os.path.normpath(run))] = cm.mean_iou()
+            present[os.path.basename(os.path.normpath(run))] = cm.mean_iou_present()
             pooled += cm
             print(f"IoU: {cm.mean_iou()}")
     if not args.compute_metrics:
@@ -141,10 +142,11 @@ def main(argv: Optional[list] = None) -> dict:
                "pooled_mean_iou": pooled.mean_iou(), "pooled": pooled.summary()}
     if len(runs) > 1:
         width = max(len(r) for r in per_run)
-        print(f"{'run':<{width}}  mean IoU")
+        print(f"{'run':<{width}}  mean IoU (27 classes)  over present classes")
         for r, v in per_run.items():
-            print(f"{r:<{width}}  {v:.4f}")
-        print(f"{'mean':<{width}}  {summary['mean_of_runs']:.4f}\n{'pooled':<{width}}  {summary['pooled_mean_iou']:.4f}")
+            print(f"{r:<{width}}  {v:.4f}                {present[r]:.4f}")
+        print(f"{'mean':<{width}}  {summary['mean_of_runs']:.4f}\n"
+              f"{'pooled':<{width}}  {summary['pooled_mean_iou']:.4f}                {pooled.mean_iou_present():.4f}")
         with open(os.path.join(args.prediction_path, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     return summary

@@ -2,10 +2,12 @@
 # The segmentation-propagation tools on generated sequences (no dataset needed): DAVIS and I-PACE layouts,
 # a checkpoint's ViT against the same ViT at random init (seed 0). Prints J (DAVIS), IoU (I-PACE) and
 # seconds per frame; pictures in runs/segmentation_demo/<row>/ipace/<run>/vis/.
-# Usage: scripts/segmentation_demo.sh [CHECKPOINT [ARCH [PATCH]]] (default: the main job's DINO teacher)
+# Usage: scripts/segmentation_demo.sh [CHECKPOINT [ARCH [PATCH [SHORT_SIDE]]]] (default: the main job's DINO
+# teacher, vit_pico/4; DAVIS frames resized to a 192-px short side: 48 x 64 patches instead of the original
+# 480 px's 120 x 160 at patch 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ckpt=${1:-runs/fashion_mnist_dino/checkpoint.pth}; arch=${2:-vit_pico}; patch=${3:-4}
+ckpt=${1:-runs/fashion_mnist_dino/checkpoint.pth}; arch=${2:-vit_pico}; patch=${3:-4}; short=${4:-192}
 out=runs/segmentation_demo
 py=.venv/bin/python
 [[ -f $ckpt ]] || { echo "checkpoint not found: $ckpt (run bash scripts/run_default.sh first)" >&2; exit 2; }
@@ -22,6 +24,7 @@ for row in trained random_init; do
     common=(--arch "$arch" --patch_size "$patch" --pretrained_weights "$w" --device cpu)
     echo "== $row: DAVIS layout"
     $py scripts/eval_video_segmentation.py "${common[@]}" --data_path "$out/data/davis" --output_dir "$out/$row/davis" \
+        --short_side "$short" \
         | grep "per frame"
     $py scripts/compute_segmentation_metrics.py --davis_path "$out/data/davis" --prediction_path "$out/$row/davis" | tail -1
     echo "== $row: I-PACE layout (re-seeded every 10 frames)"

@@ -43,6 +43,7 @@ def test_iou_by_hand_with_the_255_rules_and_absent_classes():
     # IoU: class 0: 3 / (4 + 4 - 3) = 0.6; 1: 3 / (3 + 4 - 3) = 0.75; 2: 1 / (2 + 1 - 1) = 0.5; 3 absent: 0
     torch.testing.assert_close(cm.per_class_iou(), torch.tensor([0.6, 0.75, 0.5, 0.0], dtype=torch.float64))
     assert cm.mean_iou() == pytest.approx((0.6 + 0.75 + 0.5) / 4)
+    assert cm.mean_iou_present() == pytest.approx((0.6 + 0.75 + 0.5) / 3)
     s = cm.summary()
     assert s["pixels_counted"] == 9 and s["gt_pixels_per_class"] == [4, 3, 2, 0] and len(s["per_class_iou"]) == 4
 
