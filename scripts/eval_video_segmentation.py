@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.engine.distributed import DeviceError, resolve_device  # noqa: E402
-from ssvit.evaluation.segmentation_io import davis_palette, list_frames  # noqa: E402
+from ssvit.evaluation.segmentation_io import davis_palette, frame_stem, list_frames  # noqa: E402
 from ssvit.evaluation.video_segmentation import (DAVIS, add_propagation_args, build_propagation_backbone,  # noqa: E402
                                                  report_speed, segment_sequence)
 from ssvit.utils.checkpoint import CheckpointError  # noqa: E402
@@ -58,8 +58,7 @@ def main(argv: Optional[list] = None) -> dict:
     for i, video in enumerate(videos):
         print(f"[{i}/{len(videos)}] Begin to segmentate video {video}.")
         frame_list = list_frames(os.path.join(args.data_path, "JPEGImages", "480p", video))
-        seed = os.path.join(args.data_path, "Annotations", "480p", video,
-                            os.path.splitext(os.path.basename(frame_list[0]))[0] + ".png")
+        seed = os.path.join(args.data_path, "Annotations", "480p", video, frame_stem(frame_list[0]) + ".png")
         r = segment_sequence(model, frame_list, seed, os.path.join(args.output_dir, video), palette, DAVIS,
                              args.patch_size, args.n_last_frames, args.topk, args.size_mask_neighborhood,
                              args.short_side)

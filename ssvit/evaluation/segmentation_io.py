@@ -19,8 +19,6 @@ Palettes: DAVIS's (the UVC ``palette.txt`` the original downloads: VOC's bit-int
 from __future__ import annotations
 
 import os
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -183,7 +181,3 @@ def pil_nearest_resize(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarr
 def frame_stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
-
-def check_grid(seg: torch.Tensor, h: int, w: int, where: Optional[str] = None) -> None:
-    if tuple(seg.shape[-2:]) != (h, w):
-        raise ValueError(f"{where or 'labels'}: label grid {tuple(seg.shape[-2:])} != feature grid {(h, w)}")
