@@ -79,6 +79,15 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tf32", default=True, type=bool_flag,
                    help="let fp32 matmuls/convolutions on GPU use TF32 tensor cores (the fp32 islands, "
                         "--use_fp16 false); false = full fp32")
+    p.add_argument("--retain_host_memory", default=True, type=bool_flag,
+                   help="CPU runs: glibc malloc keeps freed memory for the next iteration instead of unmapping "
+                        "large blocks (fewer page faults; numerics unchanged); false = glibc's defaults")
+    p.add_argument("--compile", default=False, type=bool_flag,
+                   help="torch.compile (Inductor) the student's and teacher's sub-networks; equal to eager within "
+                        "float tolerance; compiled kernels are cached on disk (--compile_cache_dir)")
+    p.add_argument("--compile_cache_dir", default=None, type=str,
+                   help="Inductor's cache folder for --compile (default: $TORCHINDUCTOR_CACHE_DIR, else "
+                        "~/.cache/ssvit/inductor)")
     p.add_argument("--val_freq", default=1, type=int,
                    help="run the method's validation (if it has one) every N epochs and at the last; the best "
                         "epoch is also saved as checkpoint_best.pth")

@@ -89,7 +89,8 @@ def validate_args(args: argparse.Namespace) -> None:
 # a ``resume_changes`` line in log.txt); the rest (paths, workers, logging) may change freely
 _RUN_FLAGS_IGNORED = {"output_dir", "data_path", "dist_url", "local_rank", "num_workers", "print_freq", "tensorboard",
                       "save_every_iters", "save_every_minutes", "max_iters", "device", "download", "config",
-                      "max_bad_steps", "on_bad_image", "load_from", "pretrained_weights_ckpt"}
+                      "max_bad_steps", "on_bad_image", "load_from", "pretrained_weights_ckpt",
+                      "compile", "compile_cache_dir", "retain_host_memory"}
 _TMP_RE = re.compile(r"^(checkpoint\d*\.pth|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -105,6 +106,9 @@ class Trainer:
             if args.tf32:  # fp32 matmuls / convolutions (the fp32 islands, --use_fp16 false) on tensor cores
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cpu" and getattr(args, "retain_host_memory", False):
+            from ..utils.host_memory import retain_freed_memory
+            retain_freed_memory()
         fix_random_seeds(args.seed)
         os.makedirs(args.output_dir, exist_ok=True)
         if self.dist.is_main:
@@ -128,6 +132,11 @@ class Trainer:
         print(f"Data loaded: there are {len(self.dataset)} images.")
 
         # ---------------- model, optimizer, precision
+        self.compiled = []
+        if getattr(args, "compile", False):  # in place: names and checkpoint keys stay the eager ones
+            from ..utils.compile import compile_task
+            self.compiled = compile_task(self.method, args.compile_cache_dir)
+            print(f"torch.compile: {', '.join(self.compiled)}")
         student = self.method.student
         if self.dist.distributed:
             has_bn = self.method.teacher_has_batchnorm() or any(
@@ -499,6 +508,13 @@ class Trainer:
         barrier()
         total = time.time() - start_time
         print(f"Training time {int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}")
+        if self.compiled:
+            from ..utils.compile import compile_seconds
+            self.compile_seconds = compile_seconds()
+            print(f"torch.compile: {self.compile_seconds:.1f} s of the training time spent tracing / compiling "
+                  f"(cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR')})")
+            if self.dist.is_main:
+                self.append_log({"compile_seconds": round(self.compile_seconds, 2)})
         stop.forward()  # e.g. submitit's requeue, now that the checkpoint is written
         return stats
 
