@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Optional
 
 import torch
@@ -68,6 +69,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_size", default=None, type=int,
                    help="crop size; default 224 (resize 256) for imagefolder, the native size for built-ins")
     p.add_argument("--synthetic_size", default=256, type=int, help="training images of --dataset synthetic")
+    p.add_argument("--knn_dtype", default="fp32", choices=["fp32", "fp16", "bf16", "auto"],
+                   help="precision of the similarity matmul (top-k and vote stay fp32); fp16 / bf16 are for "
+                        "GPUs (half the bank's memory, tensor cores), auto = bf16 on a GPU with native bf16, "
+                        "else fp32. fp32 is the original's numerics")
+    p.add_argument("--knn_chunk_size", default=256, type=int,
+                   help="test images per similarity block (the (chunk, N_train) matrix bounds the memory)")
     # EsViT's additions: model config of Swin / CvT / ViL, packed-ImageNet flag
     p.add_argument("--cfg", default=None, type=str, help="EsViT YAML model config (Swin / CvT / ViL)")
     p.add_argument("--zip_mode", default=False, type=bool_flag, help="EsViT's packed ImageNet: not supported")
@@ -159,15 +166,20 @@ def run(args) -> dict:
     """Evaluate; returns ``{k: (top1, top5)}`` on rank 0 (``{}`` on other ranks)."""
     # as the original: --use_cuda only says where the feature bank and the k-NN live (false: CPU,
     # its advice against out-of-memory); the backbone extracts on the GPU whenever there is one
+    if args.knn_chunk_size < 1:
+        raise UsageError(f"--knn_chunk_size must be >= 1, got {args.knn_chunk_size}")
     info = init_distributed("auto", args.dist_url)
     device = info.device
     want_cuda = bool(args.use_cuda) and device.type == "cuda"
     if args.use_cuda and not want_cuda:
         print("--use_cuda: no GPU available, the k-NN runs on the CPU")
+    sim_dtype = knn_similarity_dtype(args.knn_dtype, device if want_cuda else torch.device("cpu"))
+    t0 = time.perf_counter()
     if args.load_features:
         train_features, test_features, train_labels, test_labels = load_features(args.load_features)
     else:
         train_features, test_features, train_labels, test_labels = extract_feature_pipeline(args, device)
+    extract_s = time.perf_counter() - t0
 
     results: dict = {}
     if info.is_main:
@@ -176,18 +188,36 @@ def run(args) -> dict:
         knn_device = device if want_cuda else torch.device("cpu")
         train_features, test_features = train_features.to(knn_device), test_features.to(knn_device)
         train_labels, test_labels = train_labels.to(knn_device), test_labels.to(knn_device)
-        print("Features are ready!\nStart the k-NN classification.")
+        print(f"Features are ready! ({'loaded' if args.load_features else 'extracted'} in {extract_s:.1f} s)\n"
+              f"Start the k-NN classification ({knn_device.type}, similarities in "
+              f"{str(sim_dtype or train_features.dtype).replace('torch.', '')}).")
         n_train = train_features.shape[0]
         for k in args.nb_knn:
             if k > n_train:
                 print(f"Skipping k={k}: only {n_train} training images")
                 continue
+            t1 = time.perf_counter()
             top1, top5 = knn_classifier(train_features, train_labels, test_features, test_labels, k,
-                                        args.temperature)
-            print(f"{k}-NN classifier result: Top1: {top1}, Top5: {top5}")
+                                        args.temperature, chunk_size=args.knn_chunk_size,
+                                        similarity_dtype=sim_dtype)
+            if knn_device.type == "cuda":
+                torch.cuda.synchronize(knn_device)
+            print(f"{k}-NN classifier result: Top1: {top1}, Top5: {top5} ({time.perf_counter() - t1:.2f} s)")
             results[k] = (top1, top5)
     barrier()
     return results
+
+
+def knn_similarity_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """``--knn_dtype`` -> the similarity dtype for ``knn_classifier`` (None = the features' fp32).
+    Half precision on the CPU is refused: its matmuls are far slower there than fp32."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if device.type != "cuda":
+        raise UsageError(f"--knn_dtype {name} is for a GPU (the k-NN runs on the CPU here: use fp32 or auto)")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def main(argv: Optional[list] = None) -> dict:

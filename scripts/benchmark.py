@@ -125,6 +125,9 @@ def build(args, device, original: bool):
     for m in method.modules():  # timm Attention: fused SDPA unless told otherwise
         if hasattr(m, "fused_attn"):
             m.fused_attn = not original
+    if getattr(args, "compile", False) and not original:  # the original code paths stay eager
+        from ssvit.utils.compile import compile_task
+        compile_task(method, args.compile_cache_dir)
     opt = build_optimizer(args.optimizer, method.param_groups(method.student),
                           fused=device.type == "cuda" and not original)
     for g in opt.param_groups:
@@ -147,9 +150,12 @@ def count_flops(args, device, images) -> float:
 
 
 def run(args, device, original: bool, warmup: int, iters: int, images, flops: float) -> dict:
+    from ssvit.utils.compile import compile_seconds
     _, step = build(args, device, original)
-    for i in range(warmup):
+    compiled_before = compile_seconds()
+    for i in range(warmup):  # with --compile, tracing / compilation happens here (reported apart)
         step(images, 0, i, 0.996)
+    compile_s = compile_seconds() - compiled_before
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -164,7 +170,7 @@ def run(args, device, original: bool, warmup: int, iters: int, images, flops: fl
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"s_per_iter": dt, "img_per_s": args.batch_size_per_gpu / dt, "model_tflop_per_iter": flops / 1e12,
-            "achieved_tflops": flops / dt / 1e12, "peak_mem_gib": peak}
+            "achieved_tflops": flops / dt / 1e12, "peak_mem_gib": peak, "compile_seconds": compile_s}
 
 
 def original_transform(args):
@@ -335,7 +341,7 @@ def main(argv=None):
     precision = precision_label(device, amp_dtype, args.tf32)
     crops = f"2x{args.global_crops_size} + {args.local_crops_number}x{args.local_crops_size}"
     print(f"{args.method} {args.arch}/{args.patch_size}, crops {crops}, batch {args.batch_size_per_gpu}, "
-          f"{precision}, {where}" + (f", peak {peak} TFLOP/s" if peak else ""))
+          f"{precision}{', torch.compile' if args.compile else ''}, {where}" + (f", peak {peak} TFLOP/s" if peak else ""))
     probe, _ = build(args, device, original=False)
     images = make_batch(probe, args, device)
     del probe
@@ -349,7 +355,8 @@ def main(argv=None):
             r["mfu"] = r["achieved_tflops"] / peak
         print(f"{name:>20}: {r['img_per_s']:8.1f} img/s  {r['s_per_iter'] * 1000:8.1f} ms/iter  "
               f"{r['achieved_tflops']:.3f} TFLOP/s achieved ({r['model_tflop_per_iter']:.4f} TFLOP/iter){mfu}  "
-              f"peak mem {r['peak_mem_gib']:.2f} GiB")
+              f"peak mem {r['peak_mem_gib']:.2f} GiB"
+              + (f"  (compile {r['compile_seconds']:.1f} s, in the warm-up)" if r["compile_seconds"] else ""))
     if known.compare_original:
         ratio = results["ssvit"]["img_per_s"] / results["original_code_paths"]["img_per_s"]
         print(f"speed-up ssvit / original code paths: {ratio:.2f}x")

@@ -37,15 +37,23 @@ def load_split(ds, batch_size: int = 1000, num_workers: int = 2):
     return torch.cat(images), torch.cat(labels)
 
 
+FEATURES = {
+    # the CLS token after the final norm (DINO's k-NN feature)
+    "cls": lambda m, x: m(x),
+    # CLS and the mean patch token of the last block, concatenated (DINO's linear-probe feature for ViT-B)
+    "cls_avgpool": lambda m, x: m.forward_return_n_last_blocks(x, 1, return_patch_avgpool=True),
+}
+
+
 @torch.inference_mode()
-def knn_top1(model, train, test, k: int, batch_size: int = 250) -> float:
-    """Weighted k-NN (T = 0.07, DINO's) top-1 of ``model``'s L2-normalised features; ``model=None``
-    means raw pixels."""
+def knn_top1(model, train, test, k: int, features: str = "cls", batch_size: int = 500) -> float:
+    """Weighted k-NN (T = 0.07, DINO's) top-1 of ``model``'s L2-normalised ``features``
+    (``FEATURES``); ``model=None`` means raw pixels."""
     def feats(x):
         if model is None:
             return F.normalize(x.flatten(1), dim=1)
         model.eval()
-        return F.normalize(torch.cat([model(c).float() for c in x.split(batch_size)]), dim=1)
+        return F.normalize(torch.cat([FEATURES[features](model, c).float() for c in x.split(batch_size)]), dim=1)
 
     return knn_classifier(feats(train[0]), train[1], feats(test[0]), test[1], k, 0.07)[0]
 
@@ -60,6 +68,8 @@ def main(argv=None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--nb_knn", type=int, default=20)
     extra.add_argument("--attention_images", type=int, default=8)
+    extra.add_argument("--knn_features", default="cls", choices=sorted(FEATURES),
+                       help="backbone feature for the k-NN rows (the same for the trained and the random ViT)")
     known, rest = extra.parse_known_args(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_dino.yaml")] + rest
@@ -82,8 +92,9 @@ def main(argv=None) -> dict:
     random_vit = create_backbone(args.arch, patch_size=args.patch_size, img_size=args.global_crops_size)
     k = known.nb_knn
     train, test = load_split(train_ds), load_split(test_ds)
-    results = {name: knn_top1(model, train, test, k)
-               for name, model in (("dino_teacher", teacher), ("random_init", random_vit), ("raw_pixels", None))}
+    trained_row = f"{args.method}_teacher"
+    results = {name: knn_top1(model, train, test, k, known.knn_features)
+               for name, model in ((trained_row, teacher), ("random_init", random_vit), ("raw_pixels", None))}
     eval_s = time.time() - t1
 
     # attention maps of the first test images (teacher, last block, mean over heads)
@@ -95,16 +106,23 @@ def main(argv=None) -> dict:
     pic = save_attention_figure(torch.stack(imgs), maps, os.path.join(args.output_dir, "attention_maps.png"),
                                 titles=[class_name(test_ds.base, s[1]) for s in samples])
 
-    summary = {"k": k, "top1": results, "pretrain_seconds": round(pretrain_s, 1), "eval_seconds": round(eval_s, 1),
-               "train_images": len(train_ds), "test_images": len(test_ds), "attention_png": pic,
-               "config": os.path.join(args.output_dir, "config.yaml")}
+    from ssvit.evaluation.run_summary import save_summary_figure, training_loss_curve
+    curve = training_loss_curve(args.output_dir)
+    summary_png = save_summary_figure(
+        results, curve, os.path.join(args.output_dir, "summary.png"),
+        title=f"Fashion-MNIST {k}-NN ({known.knn_features} features): {args.method} {args.arch}/{args.patch_size}, "
+              f"pretraining {pretrain_s / 60:.1f} min")
+    summary = {"k": k, "features": known.knn_features, "top1": results, "pretrain_seconds": round(pretrain_s, 1),
+               "eval_seconds": round(eval_s, 1), "train_images": len(train_ds), "test_images": len(test_ds),
+               "attention_png": pic, "summary_png": summary_png, "config": os.path.join(args.output_dir, "config.yaml")}
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nFashion-MNIST {k}-NN top-1 on {len(test_ds)} test images (train set: {len(train_ds)} images)")
-    print(f"  DINO {args.arch}/{args.patch_size} teacher : {results['dino_teacher']:.2f}")
+    print(f"  {args.method} {args.arch}/{args.patch_size} teacher : {results[trained_row]:.2f}")
     print(f"  same ViT, random init   : {results['random_init']:.2f}")
     print(f"  raw pixels              : {results['raw_pixels']:.2f}")
-    print(f"pretraining {pretrain_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min; attention maps: {pic}")
+    print(f"pretraining {pretrain_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min; attention maps: {pic}; "
+          f"summary: {summary_png}")
     return summary
 
 

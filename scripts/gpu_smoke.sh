@@ -154,6 +154,9 @@ for uc in true false; do
     --use_cuda $uc --num_workers 2 --batch_size_per_gpu 64
 done
 expect knn_result knn_use_cuda_false "5-NN classifier result"
+if [ "$DEVICE" = cuda ]; then KNN_BENCH=(--train 60000 --test 10000 --dim 384 --dtypes fp32 bf16 fp16 --chunk_size 256 2048)
+else KNN_BENCH=(--train 600 --test 100 --dim 32 --dtypes fp32 bf16 --chunk_size 64); fi
+check knn_speed "$PY" scripts/knn_benchmark.py "${KNN_BENCH[@]}" --device "$DEVICE" --json "$OUT/knn_speed.json"
 
 # 7. submitit local executor (the requeue path is tested on CPU by the suite)
 check submitit_local "$PY" scripts/run_with_submitit.py --cluster local --nodes 1 --ngpus 1 "${COMMON[@]}" \
@@ -198,11 +201,15 @@ check bench_dino_bf16 "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype bf16 
   --json "$OUT/bench_dino_bf16.json"
 check bench_ibot "$PY" scripts/benchmark.py --method ibot "${BENCH[@]}" --out_dim $IBOT_DIM --patch_out_dim $IBOT_DIM \
   --device "$DEVICE"
-if [ ${#BENCH_B[@]} -gt 0 ]; then
+if [ ${#BENCH_B[@]} -gt 0 ]; then  # GPU only (the CPU mode's suite time): --compile rows, ViT-B, Swin-T
+  check bench_dino_bf16_compile "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype bf16 --compile true \
+    --device "$DEVICE" --json "$OUT/bench_dino_bf16_compile.json"
+  check bench_dino_fp16_compile "$PY" scripts/benchmark.py "${BENCH[@]}" --amp_dtype fp16 --compile true \
+    --device "$DEVICE" --json "$OUT/bench_dino_fp16_compile.json"
   check bench_vit_base "$PY" scripts/benchmark.py "${BENCH_B[@]}" --device "$DEVICE"
   check bench_swin_esvit "$PY" scripts/benchmark.py "${SWIN[@]}" --device "$DEVICE"
 fi
-for f in "$OUT"/bench_*.log; do grep -E "img/s|speed-up|^[a-z_]+ .*crops" "$f" | sed "s|^|[bench $(basename "$f" .log)] |"; done
+for f in "$OUT"/bench_*.log "$OUT"/knn_speed.log; do grep -E "img/s|speed-up|^[a-z_]+ .*crops|compile" "$f" | sed "s|^|[bench $(basename "$f" .log)] |"; done
 
 echo "[smoke] outputs in $OUT"
 if [ $FAILED -ne 0 ]; then echo "[smoke] SOME CHECKS FAILED"; exit 1; fi

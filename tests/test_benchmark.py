@@ -107,3 +107,28 @@ def test_baseline_epoch_is_the_original_loop(tmp_path):
     method.update_teacher(0.9)
     for a, b in zip(ref, method.teacher.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_compile_flag_compiles_the_ssvit_step_only(monkeypatch):
+    """--compile true compiles ssvit's sub-networks (static shapes, one graph per crop size); the
+    original code paths it is compared with stay eager."""
+    import ssvit.utils.compile as compile_mod
+    calls = []
+    monkeypatch.setattr(compile_mod, "compile_task", lambda method, cache_dir=None: calls.append((method, cache_dir)))
+    argv = TINY[:-6] + ["--compile", "true", "--compile_cache_dir", "/tmp/x"]
+    args = benchmark.parse_with_config(benchmark.get_args_parser(argv), argv)
+    method, _ = benchmark.build(args, torch.device("cpu"), original=False)
+    assert calls == [(method, "/tmp/x")]
+    benchmark.build(args, torch.device("cpu"), original=True)
+    assert len(calls) == 1
+
+
+def test_compile_task_asks_for_static_shapes(monkeypatch, tmp_path):
+    from ssvit.utils import compile as compile_mod
+    seen = {}
+    monkeypatch.setattr(compile_mod, "compile_children", lambda modules, **kw: seen.update(kw) or [])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    task = torch.nn.Module()
+    task.student = torch.nn.Linear(2, 2)
+    compile_mod.compile_task(task, str(tmp_path / "c"))
+    assert seen == {"dynamic": False}

@@ -30,6 +30,11 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["top1"] == summary["top1"] and set(saved["top1"]) == {"dino_teacher", "random_init", "raw_pixels"}
     assert os.path.getsize(saved["attention_png"]) > 1000
+    assert os.path.getsize(saved["summary_png"]) > 10000 and saved["summary_png"] == str(out / "summary.png")
+    assert saved["features"] == "cls" and saved["pretrain_seconds"] > 0 and saved["eval_seconds"] > 0
+    from ssvit.evaluation.run_summary import training_loss_curve
+    steps, losses, unit = training_loss_curve(str(out))
+    assert unit == "iteration" and steps == [0] and len(losses) == 1  # logged every --print_freq iterations: the first of 2
 
     # recompute each figure through the generic path used by eval_knn.py
     ns = argparse.Namespace(dataset="synthetic", data_path=None, download=False, eval_size=32, synthetic_size=64)
@@ -50,3 +55,19 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     expected = {"dino_teacher": top1(teacher), "random_init": top1(random_vit), "raw_pixels": pix}
     for k, v in expected.items():
         assert abs(summary["top1"][k] - v) < 1e-6, (k, summary["top1"][k], v)
+
+
+def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
+    import demo_fashion_mnist as demo
+    from ssvit.models import create_backbone
+    torch.manual_seed(0)
+    vit = create_backbone("vit_pico", patch_size=4, img_size=16).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)
+        got = demo.FEATURES["cls_avgpool"](vit, x)
+        assert torch.equal(demo.FEATURES["cls"](vit, x), tokens[:, 0])
+    torch.testing.assert_close(got, torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1))
+    train = (x, torch.tensor([0, 1, 0]))
+    # the k-NN row uses the chosen feature: with k=1 each image finds itself
+    assert demo.knn_top1(vit, train, train, 1, "cls_avgpool") == 100.0

@@ -319,3 +319,30 @@ def test_build_eval_backbone_keys_and_grid(ckpts, tmp_path):
     torch.save(_pico(img_size=224).state_dict(), default)
     assert checkpoint_img_size(str(default), "teacher", 4) == 224
     assert checkpoint_img_size("", "teacher", 4) is None
+
+
+def test_knn_similarity_dtype_runs_the_matmul_in_that_precision():
+    xtr, ytr, xte, yte = _hand_data()
+    # well-separated neighbours: bf16 similarities give the fp32 result
+    for k, T in ((3, 1.0), (3, 0.07), (2, 1.0)):
+        assert knn_classifier(xtr, ytr, xte, yte, k, T, similarity_dtype=torch.bfloat16) == \
+            pytest.approx(knn_classifier(xtr, ytr, xte, yte, k, T))
+    # two neighbours 5e-4 apart in cosine: fp32 ranks class 1 first; in bf16 (spacing 2^-8 below 1) both
+    # similarities round to 1.0, the votes tie and the stable ranking puts class 0 first
+    q = torch.tensor([[1.0, 0.0]])
+    train = torch.tensor([[0.9985, math.sqrt(1 - 0.9985 ** 2)], [0.9990, -math.sqrt(1 - 0.9990 ** 2)]])
+    labels = torch.tensor([0, 1])
+    assert knn_classifier(train, labels, q, torch.tensor([1]), 2, 0.07)[0] == 100.0
+    assert knn_classifier(train, labels, q, torch.tensor([1]), 2, 0.07, similarity_dtype=torch.bfloat16)[0] == 0.0
+    assert knn_classifier(train, labels, q, torch.tensor([0]), 2, 0.07, similarity_dtype=torch.bfloat16)[0] == 100.0
+
+
+def test_eval_knn_half_precision_without_a_gpu_and_bad_chunk_fail_in_one_line(tmp_path, capsys):
+    import eval_knn
+    for flags, msg in ((["--knn_dtype", "bf16"], "--knn_dtype bf16 is for a GPU"),
+                       (["--knn_chunk_size", "0"], "--knn_chunk_size must be >= 1")):
+        rc = eval_knn.cli(["--load_features", str(tmp_path / "never_read"), "--use_cuda", "false", *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert eval_knn.knn_similarity_dtype("auto", torch.device("cpu")) is None
+    assert eval_knn.knn_similarity_dtype("fp32", torch.device("cpu")) is None

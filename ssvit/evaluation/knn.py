@@ -29,7 +29,8 @@ KNN_CHUNK_SIZE = 256
 @torch.no_grad()
 def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                    test_labels: torch.Tensor, k: int, T: float, num_classes: Optional[int] = None,
-                   chunk_size: int = KNN_CHUNK_SIZE) -> tuple[float, float]:
+                   chunk_size: int = KNN_CHUNK_SIZE,
+                   similarity_dtype: Optional[torch.dtype] = None) -> tuple[float, float]:
     """Weighted k-NN top-1 / top-5 accuracy in percent (DINO's ``knn_classifier``).
 
     ``train_features`` (N_train, D) and ``test_features`` (N_test, D) should have unit rows (the
@@ -43,6 +44,12 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     ``num_classes`` defaults to ``max label + 1`` (the original hard-codes 1000, which breaks for
     more labels). The test set is processed in chunks of ``chunk_size`` rows; results do not
     depend on it. Computation happens on ``train_features``' device.
+
+    ``similarity_dtype`` (e.g. ``torch.bfloat16`` / ``torch.float16`` on a GPU) computes the cosine
+    similarities in that precision: half the memory traffic of the (N_train, D) bank and tensor-core
+    matmuls. The top-k and the vote stay in float32; near-ties can then rank differently, so the
+    accuracy may move by a few hundredths (default ``None``: the features' own dtype, the original's
+    numerics).
     """
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise ValueError("features must be 2-D (N, D)")
@@ -68,7 +75,10 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     if min(int(train_labels.min().item()), int(test_labels.min().item())) < 0:
         raise ValueError("labels must be non-negative")
 
-    xtr = train_features.t()  # (D, N_train)
+    vote_dtype = train_features.dtype if train_features.is_floating_point() else torch.float32
+    if similarity_dtype is not None and similarity_dtype != vote_dtype:
+        vote_dtype = torch.float32
+    xtr = train_features.t().to(similarity_dtype or train_features.dtype)  # (D, N_train), converted once
     top1, top5, total = 0.0, 0.0, 0
     for start in range(0, n_test, chunk_size):
         feats = test_features[start:start + chunk_size].to(device=device, dtype=xtr.dtype)
@@ -76,8 +86,9 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
         b = targets.shape[0]
         similarity = feats @ xtr  # (b, N_train)
         distances, indices = similarity.topk(k, dim=1, largest=True, sorted=True)  # (b, k)
+        distances = distances.to(vote_dtype)
         retrieved = torch.gather(train_labels.view(1, -1).expand(b, -1), 1, indices)  # (b, k)
-        one_hot = torch.zeros(b * k, num_classes, device=device, dtype=xtr.dtype)
+        one_hot = torch.zeros(b * k, num_classes, device=device, dtype=vote_dtype)
         one_hot.scatter_(1, retrieved.view(-1, 1), 1)
         weights = distances.div(T).exp()  # (b, k)
         probs = (one_hot.view(b, k, num_classes) * weights.view(b, k, 1)).sum(1)  # (b, C)
@@ -173,7 +184,8 @@ def extract_features(model: nn.Module, loader, device: torch.device | str = "cpu
     With ``return_labels`` (needs 3-tuples) returns ``(features, labels int64 (N,))`` -- the
     labels of the images actually read (an ImageFolder that skips an unreadable file substitutes
     the next sample and its label).
-    The model is used as it is (callers put it in ``eval()`` mode); runs under ``no_grad``.
+    The model is used as it is (callers put it in ``eval()`` mode); its forward runs under
+    ``inference_mode`` (no version counters / autograd bookkeeping), the returned tensors are ordinary.
     """
     device = torch.device(device)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -185,7 +197,8 @@ def extract_features(model: nn.Module, loader, device: torch.device | str = "cpu
         images, targets, index = _split_batch(batch)
         if return_labels and targets is None:
             raise ValueError("return_labels=True needs a loader yielding (images, label, index)")
-        feats = model(images.to(device, non_blocking=True)).float()
+        with torch.inference_mode():
+            feats = model(images.to(device, non_blocking=True)).float()
         if feats.ndim != 2:
             raise ValueError(f"the model must return (B, D) features, got {tuple(feats.shape)}")
         index = torch.as_tensor(index, dtype=torch.long)

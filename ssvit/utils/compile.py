@@ -68,7 +68,9 @@ def compile_children(modules: Iterable[Optional[nn.Module]], **compile_kwargs) -
 def compile_task(method: nn.Module, cache_dir: Optional[str] = None, mode: Optional[str] = None) -> list[str]:
     """Compile the student's and the teacher's sub-networks of a training task (``SSLMethod``)."""
     configure_cache(cache_dir)
-    kwargs = {"mode": mode} if mode else {}
+    # one static graph per crop resolution: multi-crop calls the backbone at 2 sizes, and by default the
+    # second size would recompile it with dynamic shapes (slower kernels for every size)
+    kwargs = {"dynamic": False, **({"mode": mode} if mode else {})}
     return compile_children([("student", method.student), ("teacher", getattr(method, "teacher", None))], **kwargs)
 
 
