@@ -24,6 +24,7 @@ from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.evaluation import build_knn_datasets, knn_classifier  # noqa: E402
+from ssvit.evaluation.features import FEATURES, backbone_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
 
 
@@ -37,23 +38,15 @@ def load_split(ds, batch_size: int = 1000, num_workers: int = 2):
     return torch.cat(images), torch.cat(labels)
 
 
-FEATURES = {
-    # the CLS token after the final norm (DINO's k-NN feature)
-    "cls": lambda m, x: m(x),
-    # CLS and the mean patch token of the last block, concatenated (DINO's linear-probe feature for ViT-B)
-    "cls_avgpool": lambda m, x: m.forward_return_n_last_blocks(x, 1, return_patch_avgpool=True),
-}
-
-
 @torch.inference_mode()
 def knn_top1(model, train, test, k: int, features: str = "cls", batch_size: int = 500) -> float:
     """Weighted k-NN (T = 0.07, DINO's) top-1 of ``model``'s L2-normalised ``features``
-    (``FEATURES``); ``model=None`` means raw pixels."""
+    (``ssvit.evaluation.features``); ``model=None`` means raw pixels."""
     def feats(x):
         if model is None:
             return F.normalize(x.flatten(1), dim=1)
         model.eval()
-        return F.normalize(torch.cat([FEATURES[features](model, c).float() for c in x.split(batch_size)]), dim=1)
+        return F.normalize(torch.cat([backbone_features(model, c, features).float() for c in x.split(batch_size)]), dim=1)
 
     return knn_classifier(feats(train[0]), train[1], feats(test[0]), test[1], k, 0.07)[0]
 

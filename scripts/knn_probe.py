@@ -3,9 +3,11 @@
 
 Top-1 of the teacher backbone, of the same ViT with random weights (seed 0) and of raw pixels, on
 the first ``--train_images`` / ``--test_images`` images (28 px, ImageNet normalisation, no resize),
-weighted k-NN (T = 0.07) as ``eval_knn.py``. For full evaluations use ``eval_knn.py``.
+weighted k-NN (T = 0.07) as ``eval_knn.py``, for each of ``--features`` (``ssvit.evaluation.features``:
+one forward pass per model serves all of them). ``--train_images 60000 --test_images 10000`` is
+the default job's full evaluation. For other datasets use ``eval_knn.py``.
 
-Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 4
+Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 4 --features cls cls_avgpool
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ssvit.data import build_dataset  # noqa: E402
 from ssvit.data.transforms import normalize_transform  # noqa: E402
 from ssvit.engine.checkpoint import load_pretrained_weights  # noqa: E402
 from ssvit.evaluation import knn_classifier  # noqa: E402
+from ssvit.evaluation.features import FEATURES, backbone_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
 
 
@@ -35,6 +38,8 @@ def main(argv=None) -> dict:
     p.add_argument("--test_images", type=int, default=2000)
     p.add_argument("--nb_knn", type=int, default=20)
     p.add_argument("--cfg", default=None, help="EsViT YAML model config (Swin / CvT / ViL archs)")
+    p.add_argument("--features", nargs="+", default=["cls"], choices=list(FEATURES))
+    p.add_argument("--skip_baselines", action="store_true", help="the trained model only (no random init, no pixels)")
     args = p.parse_args(argv)
     kwargs = dict(img_size=28)
     if args.cfg:
@@ -48,20 +53,27 @@ def main(argv=None) -> dict:
         ds = build_dataset("fashion_mnist", None, train=train)
         splits[name] = (torch.stack([tf(ds[i][0]) for i in range(n)]), torch.tensor(ds.targets[:n]))
 
-    def top1(feat):
-        (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
-        ftr, fte = F.normalize(feat(xtr), dim=1), F.normalize(feat(xte), dim=1)
-        return knn_classifier(ftr, ytr, fte, yte, args.nb_knn, 0.07, num_classes=10)[0]
+    def top1(ftr, fte):
+        ftr, fte = F.normalize(ftr, dim=1), F.normalize(fte, dim=1)
+        return knn_classifier(ftr, splits["train"][1], fte, splits["test"][1], args.nb_knn, 0.07, num_classes=10)[0]
 
     results = {}
-    for name in ("trained", "random_init"):
+    for name in ("trained",) if args.skip_baselines else ("trained", "random_init"):
         torch.manual_seed(0)
         model = create_backbone(args.arch, **kwargs).eval()
         if name == "trained":
             load_pretrained_weights(model, args.checkpoint, args.checkpoint_key, args.arch)
         with torch.inference_mode():
-            results[name] = top1(lambda x: torch.cat([model(c) for c in x.split(500)]))
-    results["raw_pixels"] = top1(lambda x: x.flatten(1))
+            feats = {split: {kind: [] for kind in args.features} for split in splits}
+            for split, (x, _) in splits.items():
+                for c in x.split(500):
+                    for kind in args.features:
+                        feats[split][kind].append(backbone_features(model, c, kind))
+        for kind in args.features:
+            key = name if len(args.features) == 1 else f"{name}/{kind}"
+            results[key] = top1(torch.cat(feats["train"][kind]), torch.cat(feats["test"][kind]))
+    if not args.skip_baselines:
+        results["raw_pixels"] = top1(splits["train"][0].flatten(1), splits["test"][0].flatten(1))
     for k, v in results.items():
         print(f"{k}: {args.nb_knn}-NN top-1 {v:.2f}")
     return results

@@ -67,7 +67,11 @@ def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
         tokens = vit.forward_features(x)
         got = demo.FEATURES["cls_avgpool"](vit, x)
         assert torch.equal(demo.FEATURES["cls"](vit, x), tokens[:, 0])
+        blocks = vit.get_intermediate_layers(x, 4)
+        last4 = demo.FEATURES["last4_cls"](vit, x)
     torch.testing.assert_close(got, torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1))
+    torch.testing.assert_close(last4, torch.cat([b[:, 0] for b in blocks], 1))
+    torch.testing.assert_close(last4[:, -96:], tokens[:, 0])
     train = (x, torch.tensor([0, 1, 0]))
     # the k-NN row uses the chosen feature: with k=1 each image finds itself
     assert demo.knn_top1(vit, train, train, 1, "cls_avgpool") == 100.0

@@ -1,0 +1,44 @@
+"""scripts/knn_probe.py: several feature choices from one pass, baselines, on real Fashion-MNIST images."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                                reason="needs the Debian package dataset-fashion-mnist (scripts/setup.sh installs it)")
+
+
+def test_probe_features_equal_an_independent_computation(tmp_path):
+    import knn_probe
+    from ssvit.data import build_dataset
+    from ssvit.data.transforms import normalize_transform
+    from ssvit.evaluation import knn_classifier
+    from ssvit.models import create_backbone
+    torch.manual_seed(0)
+    same_as_random = create_backbone("vit_pico", patch_size=4, img_size=28)
+    torch.manual_seed(1)
+    other = create_backbone("vit_pico", patch_size=4, img_size=28).eval()
+    for name, model in (("same", same_as_random), ("other", other)):
+        torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / f"{name}.pth")
+    flags = ["--train_images", "60", "--test_images", "25", "--nb_knn", "5", "--features", "cls", "cls_avgpool"]
+    res = knn_probe.main([str(tmp_path / "same.pth"), *flags])
+    # the seed-0 model saved as the teacher is the probe's random-init model: identical rows
+    assert res["trained/cls"] == res["random_init/cls"] and res["trained/cls_avgpool"] == res["random_init/cls_avgpool"]
+    res = knn_probe.main([str(tmp_path / "other.pth"), *flags, "--skip_baselines"])
+    assert set(res) == {"trained/cls", "trained/cls_avgpool"}
+
+    tf = normalize_transform()
+    tr, te = build_dataset("fashion_mnist", None, train=True), build_dataset("fashion_mnist", None, train=False)
+    xtr, xte = torch.stack([tf(tr[i][0]) for i in range(60)]), torch.stack([tf(te[i][0]) for i in range(25)])
+    ytr, yte = torch.tensor(tr.targets[:60]), torch.tensor(te.targets[:25])
+    with torch.no_grad():
+        def cls_avg(x):
+            t = other.forward_features(x)
+            return F.normalize(torch.cat([t[:, 0], t[:, 1:].mean(1)], 1), dim=1)
+        expected = knn_classifier(cls_avg(xtr), ytr, cls_avg(xte), yte, 5, 0.07, num_classes=10)[0]
+    assert res["trained/cls_avgpool"] == pytest.approx(expected)
