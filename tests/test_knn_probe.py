@@ -42,3 +42,23 @@ def test_probe_features_equal_an_independent_computation(tmp_path):
             return F.normalize(torch.cat([t[:, 0], t[:, 1:].mean(1)], 1), dim=1)
         expected = knn_classifier(cls_avg(xtr), ytr, cls_avg(xte), yte, 5, 0.07, num_classes=10)[0]
     assert res["trained/cls_avgpool"] == pytest.approx(expected)
+
+
+def test_default_job_sweep_script_writes_one_row_per_probe(tmp_path):
+    import subprocess
+    env = dict(os.environ, OUT=str(tmp_path / "sweep"), PROBE_TRAIN="100", PROBE_TEST="40")
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "default_job_sweep.sh"), "2", "plain=",
+                        "bn=--use_bn_in_head true --batch_size_per_gpu 8"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = (tmp_path / "sweep" / "results.md").read_text().strip().splitlines()
+    assert [r.split("|")[1].strip() for r in rows] == ["plain", "bn"]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "2" and int(cells[2]) >= 0
+        top1 = [float(v) for v in cells[3].split("/")]
+        assert len(top1) == 3 and all(0 <= v <= 100 for v in top1)
+    assert rows[1].endswith("| `--use_bn_in_head true --batch_size_per_gpu 8` |")
+    import yaml
+    cfg = yaml.safe_load((tmp_path / "sweep" / "bn" / "config.yaml").read_text())
+    assert cfg["use_bn_in_head"] is True and cfg["batch_size_per_gpu"] == 8
