@@ -83,6 +83,25 @@ def peak_tflops(device_name: str, amp_dtype: Optional[torch.dtype], tf32: bool) 
     return None
 
 
+def measured_matmul_tflops(device: torch.device, amp_dtype: Optional[torch.dtype], n: int = 4096,
+                           repeats: int = 5) -> float:
+    """Best-of-``repeats`` TFLOP/s of an n^3 matmul on ``device`` in the step's precision: the GEMM speed
+    a training step cannot beat on this machine (model FLOPs / this = the step's time floor)."""
+    dtype = amp_dtype or torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e12
+
+
 def precision_label(device: torch.device, amp_dtype: Optional[torch.dtype], tf32: bool) -> str:
     if amp_dtype is torch.float16:
         return "fp16 autocast + GradScaler"
@@ -311,6 +330,9 @@ def main(argv=None):
     extra.add_argument("--peak_tflops", type=float, default=None,
                        help="device peak for MFU (default: the dense peak of the chip at the precision used, "
                             "see PEAK_TFLOPS; none on CPU)")
+    extra.add_argument("--measure_peak", action="store_true",
+                       help="use a measured 4096^3 matmul as the peak for MFU (CPUs; GPUs not in the table): "
+                            "MFU is then the share of the step's model FLOPs run at the chip's own GEMM speed")
     extra.add_argument("--compare_original", action="store_true")
     extra.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     extra.add_argument("--baseline", action="store_true", help="one epoch of the original DINO loop (eager, CPU)")
@@ -338,6 +360,9 @@ def main(argv=None):
     peak = known.peak_tflops
     if peak is None and device.type == "cuda":
         peak = peak_tflops(where, amp_dtype, args.tf32)
+    if peak is None and known.measure_peak:
+        peak = measured_matmul_tflops(device, amp_dtype)
+        print(f"measured matmul peak: {peak:.3f} TFLOP/s (4096^3, {precision_label(device, amp_dtype, args.tf32)})")
     precision = precision_label(device, amp_dtype, args.tf32)
     crops = f"2x{args.global_crops_size} + {args.local_crops_number}x{args.local_crops_size}"
     print(f"{args.method} {args.arch}/{args.patch_size}, crops {crops}, batch {args.batch_size_per_gpu}, "

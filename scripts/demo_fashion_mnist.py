@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--nb_knn", type=int, default=20)
     extra.add_argument("--attention_images", type=int, default=8)
-    extra.add_argument("--knn_features", default="cls", choices=sorted(FEATURES),
+    extra.add_argument("--knn_features", default="cls_avgpool", choices=sorted(FEATURES),
                        help="backbone feature for the k-NN rows (the same for the trained and the random ViT)")
     known, rest = extra.parse_known_args(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in rest):

@@ -132,3 +132,9 @@ def test_compile_task_asks_for_static_shapes(monkeypatch, tmp_path):
     task.student = torch.nn.Linear(2, 2)
     compile_mod.compile_task(task, str(tmp_path / "c"))
     assert seen == {"dynamic": False}
+
+
+def test_measured_matmul_peak_is_a_plausible_rate(monkeypatch):
+    clock = iter(range(100))
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: float(next(clock)))  # each matmul "takes" 1 s
+    assert benchmark.measured_matmul_tflops(torch.device("cpu"), None, n=64, repeats=2) == pytest.approx(2 * 64 ** 3 / 1e12)
