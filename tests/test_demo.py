@@ -31,7 +31,7 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     assert saved["top1"] == summary["top1"] and set(saved["top1"]) == {"dino_teacher", "random_init", "raw_pixels"}
     assert os.path.getsize(saved["attention_png"]) > 1000
     assert os.path.getsize(saved["summary_png"]) > 10000 and saved["summary_png"] == str(out / "summary.png")
-    assert saved["features"] == "cls" and saved["pretrain_seconds"] > 0 and saved["eval_seconds"] > 0
+    assert saved["features"] == "cls_avgpool" and saved["pretrain_seconds"] > 0 and saved["eval_seconds"] > 0
     from ssvit.evaluation.run_summary import training_loss_curve
     steps, losses, unit = training_loss_curve(str(out))
     assert unit == "iteration" and steps == [0] and len(losses) == 1  # logged every --print_freq iterations: the first of 2
@@ -41,10 +41,20 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     train_ds, test_ds = build_knn_datasets(ns)
     ytr, yte = dataset_labels(train_ds), dataset_labels(test_ds)
 
+    class ClsAvgpool(torch.nn.Module):  # the default feature, computed from the tokens independently
+        def __init__(self, vit):
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, x):
+            t = self.vit.forward_features(x)
+            return torch.cat([t[:, 0], t[:, 1:].mean(1)], 1)
+
     def top1(model):
         model.eval()
         with torch.no_grad():
-            f = [F.normalize(extract_features(model, DataLoader(d, batch_size=7)), dim=1) for d in (train_ds, test_ds)]
+            f = [F.normalize(extract_features(ClsAvgpool(model), DataLoader(d, batch_size=7)), dim=1)
+                 for d in (train_ds, test_ds)]
         return knn_classifier(f[0], ytr, f[1], yte, 5, 0.07)[0]
 
     teacher = create_backbone("vit_pico", patch_size=4, img_size=32)
