@@ -46,7 +46,8 @@ def knn_top1(model, train, test, k: int, features: str = "cls", batch_size: int 
         if model is None:
             return F.normalize(x.flatten(1), dim=1)
         model.eval()
-        return F.normalize(torch.cat([backbone_features(model, c, features).float() for c in x.split(batch_size)]), dim=1)
+        return F.normalize(torch.cat([backbone_features(model, c, [features])[features].float()
+                                      for c in x.split(batch_size)]), dim=1)
 
     return knn_classifier(feats(train[0]), train[1], feats(test[0]), test[1], k, 0.07)[0]
 

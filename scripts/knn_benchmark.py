@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """k-NN evaluation speed: seconds of ``knn_classifier`` (DINO's weighted vote, chunked over the test
-set) on a feature bank of the given size, per similarity precision, with the agreement of the
-predictions against fp32.
+set) on a feature bank of the given size, per similarity precision and test block size, with the
+top-1 each reached (half precision may differ from fp32 by near-ties).
 
 The features are random unit vectors with a class structure (class means + noise), so the vote
 is not trivial; timings do not depend on the values. Feature extraction is not timed here (see

@@ -67,8 +67,8 @@ def main(argv=None) -> dict:
             feats = {split: {kind: [] for kind in args.features} for split in splits}
             for split, (x, _) in splits.items():
                 for c in x.split(500):
-                    for kind in args.features:
-                        feats[split][kind].append(backbone_features(model, c, kind))
+                    for kind, f in backbone_features(model, c, args.features).items():
+                        feats[split][kind].append(f)
         for kind in args.features:
             key = name if len(args.features) == 1 else f"{name}/{kind}"
             results[key] = top1(torch.cat(feats["train"][kind]), torch.cat(feats["test"][kind]))

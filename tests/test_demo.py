@@ -75,10 +75,13 @@ def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         tokens = vit.forward_features(x)
-        got = demo.FEATURES["cls_avgpool"](vit, x)
-        assert torch.equal(demo.FEATURES["cls"](vit, x), tokens[:, 0])
+        got = demo.backbone_features(vit, x, ["cls_avgpool"])["cls_avgpool"]
+        assert torch.equal(demo.backbone_features(vit, x, ["cls"])["cls"], tokens[:, 0])
         blocks = vit.get_intermediate_layers(x, 4)
-        last4 = demo.FEATURES["last4_cls"](vit, x)
+        last4 = demo.backbone_features(vit, x, ["last4_cls"])["last4_cls"]
+        together = demo.backbone_features(vit, x, ["cls", "cls_avgpool", "last4_cls"])  # one pass serves all
+        assert torch.equal(together["cls_avgpool"], got) and torch.equal(together["last4_cls"], last4)
+        assert torch.equal(together["cls"], tokens[:, 0])
     torch.testing.assert_close(got, torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1))
     torch.testing.assert_close(last4, torch.cat([b[:, 0] for b in blocks], 1))
     torch.testing.assert_close(last4[:, -96:], tokens[:, 0])

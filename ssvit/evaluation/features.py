@@ -1,28 +1,36 @@
 """Named frozen-feature choices of a ViT backbone for k-NN / probing (the same choice is applied to
 every model compared, e.g. a trained and a randomly initialised ViT).
 
-* ``cls``: the CLS token after the final norm (B, D) -- DINO's k-NN feature.
+* ``cls``: the CLS token after the final norm (B, D) -- DINO's k-NN feature. Asked for alone it is
+  the backbone's own output ``model(x)``, so any backbone (Swin: its pooled tokens) works.
 * ``cls_avgpool``: CLS and the mean patch token of the last block, both final-normed, concatenated
   (B, 2D) -- DINO's linear-probe feature for ViT-B (``--avgpool_patchtokens``).
 * ``last4_cls``: the final-normed CLS tokens of the last 4 blocks, concatenated (B, 4D) -- DINO's
   linear-probe feature for ViT-S (``--n_last_blocks 4``).
+
+Several choices at once share one forward pass (``get_intermediate_layers``).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-FEATURES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
-    "cls": lambda m, x: m(x),
-    "cls_avgpool": lambda m, x: m.forward_return_n_last_blocks(x, 1, return_patch_avgpool=True),
-    "last4_cls": lambda m, x: m.forward_return_n_last_blocks(x, 4),
+# name -> (how many last blocks it reads, feature of those blocks' normed tokens and the prefix-token count)
+FEATURES: dict[str, tuple[int, Callable[[list[torch.Tensor], int], torch.Tensor]]] = {
+    "cls": (1, lambda blocks, p: blocks[-1][:, 0]),
+    "cls_avgpool": (1, lambda blocks, p: torch.cat([blocks[-1][:, 0], blocks[-1][:, p:].mean(dim=1)], dim=-1)),
+    "last4_cls": (4, lambda blocks, p: torch.cat([b[:, 0] for b in blocks[-4:]], dim=-1)),
 }
 
 
-def backbone_features(model: nn.Module, images: torch.Tensor, kind: str = "cls") -> torch.Tensor:
-    """``FEATURES[kind]`` of ``images`` (B, C, H, W) -> (B, F)."""
-    if kind not in FEATURES:
-        raise ValueError(f"unknown feature '{kind}' (choose from {', '.join(FEATURES)})")
-    return FEATURES[kind](model, images)
+def backbone_features(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = ("cls",)) -> dict[str, torch.Tensor]:
+    """``{kind: (B, F)}`` for each of ``kinds`` of ``images`` (B, C, H, W), from one forward pass."""
+    unknown = [k for k in kinds if k not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
+    if list(kinds) == ["cls"]:
+        return {"cls": model(images)}
+    blocks = model.get_intermediate_layers(images, max(FEATURES[k][0] for k in kinds))
+    return {k: FEATURES[k][1](blocks, model.num_prefix_tokens) for k in kinds}

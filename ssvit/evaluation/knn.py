@@ -75,9 +75,7 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     if min(int(train_labels.min().item()), int(test_labels.min().item())) < 0:
         raise ValueError("labels must be non-negative")
 
-    vote_dtype = train_features.dtype if train_features.is_floating_point() else torch.float32
-    if similarity_dtype is not None and similarity_dtype != vote_dtype:
-        vote_dtype = torch.float32
+    vote_dtype = train_features.dtype if similarity_dtype is None else torch.float32
     xtr = train_features.t().to(similarity_dtype or train_features.dtype)  # (D, N_train), converted once
     top1, top5, total = 0.0, 0.0, 0
     for start in range(0, n_test, chunk_size):
