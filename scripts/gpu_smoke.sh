@@ -78,6 +78,10 @@ if dev == "cuda" and torch.cuda.is_available():
           f"bf16 native {torch.cuda.is_bf16_supported(including_emulation=False)}")
 PYEOF
 
+# Two lanes of checks that do not depend on each other. On CPU they run side by side (the checks are
+# mostly process start-up: about half the wall time); on a GPU one after the other, so that the
+# benchmark rows have the device to themselves. (Bodies left unindented: they hold here-documents.)
+lane_a() {  # device choice, torchrun, stop signals, non-finite steps, k-NN, submitit
 # 1. device choice: --device auto picks the GPU (probe allocation); cpu when asked
 check device_auto "$PY" -c "
 from ssvit.engine.distributed import resolve_device
@@ -91,20 +95,6 @@ expect torchrun_collapse_monitors torchrun_epochs "Averaged stats"
 check torchrun_log "$PY" -c "
 import json; recs = [json.loads(l) for l in open('$OUT/ddp/log.txt')]
 assert [r['epoch'] for r in recs] == [0, 1] and 'train_teacher_entropy' in recs[0], recs; print(recs[-1])"
-
-# 3. precision: fp16 + GradScaler (default), bf16 (fp32 islands), fp32 (TF32), each a short run
-for prec in fp16 bf16; do
-  check "amp_$prec" "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --amp_dtype $prec \
-    --output_dir "$OUT/amp_$prec"
-done
-check amp_fp32 "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --use_fp16 false \
-  --output_dir "$OUT/amp_fp32"
-if [ "$DEVICE" = cuda ]; then
-  check fp16_scaler_saved "$PY" -c "
-from ssvit.engine.checkpoint import load_checkpoint
-ck = load_checkpoint('$OUT/amp_fp16/checkpoint.pth'); print('fp16_scaler', ck['fp16_scaler'])
-assert ck['fp16_scaler']['scale'] > 0"
-fi
 
 # 4. SIGTERM under torchrun: every rank stops at the same step, one checkpoint, exit 0; then resume
 sigterm_run() {
@@ -161,6 +151,22 @@ check knn_speed "$PY" scripts/knn_benchmark.py "${KNN_BENCH[@]}" --device "$DEVI
 # 7. submitit local executor (the requeue path is tested on CPU by the suite)
 check submitit_local "$PY" scripts/run_with_submitit.py --cluster local --nodes 1 --ngpus 1 "${COMMON[@]}" \
   --epochs 1 --max_iters $ITERS --output_dir "$OUT/submitit"
+}
+
+lane_b() {  # precision, the other methods' steps, segmentation, benchmark rows
+# 3. precision: fp16 + GradScaler (default), bf16 (fp32 islands), fp32 (TF32), each a short run
+for prec in fp16 bf16; do
+  check "amp_$prec" "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --amp_dtype $prec \
+    --output_dir "$OUT/amp_$prec"
+done
+check amp_fp32 "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --use_fp16 false \
+  --output_dir "$OUT/amp_fp32"
+if [ "$DEVICE" = cuda ]; then
+  check fp16_scaler_saved "$PY" -c "
+from ssvit.engine.checkpoint import load_checkpoint
+ck = load_checkpoint('$OUT/amp_fp16/checkpoint.pth'); print('fp16_scaler', ck['fp16_scaler'])
+assert ck['fp16_scaler']['scale'] > 0"
+fi
 
 # 8. iBOT with a BN head norm under a process group
 check ibot_torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node $NPROC main_pretrain.py \
@@ -209,6 +215,20 @@ if [ ${#BENCH_B[@]} -gt 0 ]; then  # GPU only (the CPU mode's suite time): --com
   check bench_vit_base "$PY" scripts/benchmark.py "${BENCH_B[@]}" --device "$DEVICE"
   check bench_swin_esvit "$PY" scripts/benchmark.py "${SWIN[@]}" --device "$DEVICE"
 fi
+}
+
+if [ "$DEVICE" = cpu ]; then
+  lane_a > "$OUT/lane_a.out" 2>&1 &
+  lane_b > "$OUT/lane_b.out" 2>&1
+  wait
+  cat "$OUT/lane_a.out" "$OUT/lane_b.out"
+else
+  lane_a 2>&1 | tee "$OUT/lane_a.out"
+  lane_b 2>&1 | tee "$OUT/lane_b.out"
+fi
+# the lanes run in subshells: their FAILED flags are read back from what they printed
+grep -q "^\[smoke\] .*: FAILED" "$OUT/lane_a.out" "$OUT/lane_b.out" && FAILED=1
+
 for f in "$OUT"/bench_*.log "$OUT"/knn_speed.log; do grep -E "img/s|speed-up|^[a-z_]+ .*crops|compile" "$f" | sed "s|^|[bench $(basename "$f" .log)] |"; done
 
 echo "[smoke] outputs in $OUT"

@@ -16,7 +16,7 @@ from ssvit.engine.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from test_train import TINY, assert_same_weights, run  # noqa: E402
+from test_train import TINY, assert_same_weights, run, run_in_process  # noqa: E402
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -288,9 +288,19 @@ def test_bad_image_with_fail_policy_in_loader_workers_is_one_line(tmp_path):
     (["--save_every_iters", "-5"], "--save_every_iters must be >= 0"),
     (["--max_bad_steps", "0"], "--max_bad_steps must be >= 1"),
 ])
-def test_bad_flag_values_are_one_line(tmp_path, flags, message):
-    p = run(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "o")] + flags, check=False)
+def test_bad_flag_values_are_one_line(tmp_path, flags, message, capsys):
+    p = run_in_process(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "o")] + flags, capsys)
     assert message in one_line_error(p)
+    assert not (tmp_path / "o" / "checkpoint.pth").exists()
+
+
+def test_bad_flag_value_and_bad_config_in_a_real_process_are_one_line(tmp_path):
+    p = run(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "o"), "--drop_path_rate", "1.5"], check=False)
+    assert "--drop_path_rate must be in [0, 1), got 1.5" in one_line_error(p)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: [1, 2\n")
+    p = run(TINY + ["--method", "dino", "--config", str(cfg), "--output_dir", str(tmp_path / "o")], check=False)
+    assert "is not valid YAML (line 2" in one_line_error(p)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -299,12 +309,12 @@ def test_bad_flag_values_are_one_line(tmp_path, flags, message):
     (None, "does not exist"),
 ])
 @pytest.mark.parametrize("with_method", [False, True])
-def test_bad_config_files_are_one_line(tmp_path, content, message, with_method):
+def test_bad_config_files_are_one_line(tmp_path, content, message, with_method, capsys):
     cfg = tmp_path / "c.yaml"
     if content is not None:
         cfg.write_text(content)
-    p = run(TINY + (["--method", "dino"] if with_method else []) + ["--config", str(cfg), "--output_dir",
-                                                                      str(tmp_path / "o")], check=False)
+    p = run_in_process(TINY + (["--method", "dino"] if with_method else []) + ["--config", str(cfg), "--output_dir",
+                                                                               str(tmp_path / "o")], capsys)
     assert message in one_line_error(p)
 
 

@@ -27,6 +27,21 @@ def run(args, check=True, **kw):
     return p
 
 
+def run_in_process(args, capsys):
+    """``main_pretrain.main(args)`` in this process, as ``run`` gives it: (returncode, stdout, stderr).
+    For bad-input checks that stop before training (a subprocess costs seconds of imports each);
+    the process-level behaviour is covered by the subprocess tests."""
+    import types
+    import main_pretrain
+    capsys.readouterr()
+    try:
+        code = main_pretrain.main(list(args))
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def assert_same_weights(a, b):
     for key in ("student", "teacher"):
         assert a[key].keys() == b[key].keys()
@@ -160,10 +175,16 @@ def test_yaml_config_defaults_and_cli_override(tmp_path):
     (["--arch", "vit_huge"], "unknown architecture 'vit_huge'"),
     (["--batch_size_per_gpu", "100"], "fewer than one batch"),
 ])
-def test_bad_flag_values_are_clear_errors(tmp_path, flags, message):
-    p = run(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r")] + flags, check=False)
+def test_bad_flag_values_are_clear_errors(tmp_path, flags, message, capsys):
+    p = run_in_process(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r")] + flags, capsys)
     assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
+
+
+def test_bad_flag_value_in_a_real_process_is_one_line_exit_2(tmp_path):
+    p = run(TINY + ["--epochs", "1", "--output_dir", str(tmp_path / "r"), "--norm_last_layer", "maybe"], check=False)
+    assert p.returncode == 2 and "invalid value for a boolean flag" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and not (tmp_path / "r" / "checkpoint.pth").exists()
 
 
 def test_missing_data_path_is_a_clear_error(tmp_path):
