@@ -7,7 +7,7 @@ weighted k-NN (T = 0.07) as ``eval_knn.py``, for each of ``--features`` (``ssvit
 one forward pass per model serves all of them). ``--train_images 60000 --test_images 10000`` is
 the default job's full evaluation. For other datasets use ``eval_knn.py``.
 
-Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 4 --features cls cls_avgpool
+Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 7 --features cls cls_avgpool
 """
 from __future__ import annotations
 

@@ -3,14 +3,19 @@
 # a checkpoint's ViT against the same ViT at random init (seed 0). Prints J (DAVIS), IoU (I-PACE) and
 # seconds per frame; pictures in runs/segmentation_demo/<row>/ipace/<run>/vis/.
 # Usage: scripts/segmentation_demo.sh [CHECKPOINT [ARCH [PATCH [SHORT_SIDE]]]] (default: the main job's DINO
-# teacher, vit_pico/4; DAVIS frames resized to a 192-px short side: 48 x 64 patches instead of the original
-# 480 px's 120 x 160 at patch 4)
+# teacher; ARCH and PATCH default to the arch / patch_size in the config.yaml beside the checkpoint, else
+# vit_pico/7; DAVIS frames resized to a 192-px short side: 27 x 36 patches at patch 7 instead of the
+# original 480 px's 60 x 80 at patch 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ckpt=${1:-runs/fashion_mnist_dino/checkpoint.pth}; arch=${2:-vit_pico}; patch=${3:-4}; short=${4:-192}
+ckpt=${1:-runs/fashion_mnist_dino/checkpoint.pth}; short=${4:-192}
 out=runs/segmentation_demo
 py=.venv/bin/python
 [[ -f $ckpt ]] || { echo "checkpoint not found: $ckpt (run bash scripts/run_default.sh first)" >&2; exit 2; }
+cfg=$(dirname "$ckpt")/config.yaml
+cfg_value() { [[ -f $cfg ]] && sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$cfg" | head -1; }
+arch=${2:-$(cfg_value arch)}; arch=${arch:-vit_pico}
+patch=${3:-$(cfg_value patch_size)}; patch=${patch:-7}
 $py scripts/make_synthetic_sequences.py --output_dir "$out/data" --n_sequences 3 --n_frames 20
 $py - "$arch" "$patch" "$out/random_init.pth" <<'EOF'
 import sys, torch

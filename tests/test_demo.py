@@ -23,8 +23,8 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     from ssvit.models import create_backbone
 
     out = tmp_path / "demo"
-    summary = demo.main(["--dataset", "synthetic", "--synthetic_size", "64", "--global_crops_size", "32",
-                         "--local_crops_size", "16", "--max_iters", "2", "--batch_size_per_gpu", "16",
+    summary = demo.main(["--dataset", "synthetic", "--synthetic_size", "64", "--global_crops_size", "28",
+                         "--local_crops_size", "14", "--max_iters", "2", "--batch_size_per_gpu", "16",
                          "--num_workers", "0", "--attention_images", "2", "--nb_knn", "5",
                          "--output_dir", str(out)])
     saved = json.loads((out / "results.json").read_text())
@@ -37,7 +37,7 @@ def test_demo_results_match_generic_knn_path(tmp_path):
     assert unit == "iteration" and steps == [0] and len(losses) == 1  # logged every --print_freq iterations: the first of 2
 
     # recompute each figure through the generic path used by eval_knn.py
-    ns = argparse.Namespace(dataset="synthetic", data_path=None, download=False, eval_size=32, synthetic_size=64)
+    ns = argparse.Namespace(dataset="synthetic", data_path=None, download=False, eval_size=28, synthetic_size=64)
     train_ds, test_ds = build_knn_datasets(ns)
     ytr, yte = dataset_labels(train_ds), dataset_labels(test_ds)
 
@@ -57,10 +57,10 @@ def test_demo_results_match_generic_knn_path(tmp_path):
                  for d in (train_ds, test_ds)]
         return knn_classifier(f[0], ytr, f[1], yte, 5, 0.07)[0]
 
-    teacher = create_backbone("vit_pico", patch_size=4, img_size=32)
+    teacher = create_backbone("vit_pico", patch_size=7, img_size=28)  # the default config's patch
     load_pretrained_weights(teacher, str(out / "checkpoint.pth"), "teacher", "vit_pico")
     torch.manual_seed(0)  # the demo seeds the random-init ViT with --seed (default 0)
-    random_vit = create_backbone("vit_pico", patch_size=4, img_size=32)
+    random_vit = create_backbone("vit_pico", patch_size=7, img_size=28)
     pix = knn_classifier(raw_pixel_features(train_ds), ytr, raw_pixel_features(test_ds), yte, 5, 0.07)[0]
     expected = {"dino_teacher": top1(teacher), "random_init": top1(random_vit), "raw_pixels": pix}
     for k, v in expected.items():
