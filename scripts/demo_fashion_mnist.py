@@ -120,5 +120,20 @@ def main(argv=None) -> dict:
     return summary
 
 
+def cli() -> int:
+    """``main`` as a command: bad input (a flag, the data, the checkpoint folder, the device) ends with
+    a one-line ``error:`` and exit status 2, as ``main_pretrain.py``; a diverged run with exit 1."""
+    from ssvit.cli import exit_status
+    from ssvit.data import DataError
+    from ssvit.engine.checkpoint import CheckpointError
+    from ssvit.engine.distributed import DeviceError
+    from ssvit.engine.pretrain import TrainingDiverged
+    try:
+        return exit_status(main, (DataError, CheckpointError, DeviceError, ValueError, OSError))
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -72,6 +72,18 @@ def test_configure_cache_prefers_the_explicit_folder(tmp_path, monkeypatch):
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "flag")
 
 
+def test_configure_cache_reads_inductors_own_default_as_unset(tmp_path, monkeypatch):
+    # Inductor puts /tmp/torchinductor_$USER into the variable itself once anything imports its cache
+    # helpers (timm's model imports do): that must not displace the persistent default
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    import ssvit.utils.compile as compile_utils
+    monkeypatch.setattr(compile_utils, "DEFAULT_CACHE_DIR", str(tmp_path / "persistent"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert configure_cache(None) == str(tmp_path / "persistent") and (tmp_path / "persistent").is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "persistent")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_retained_host_memory_serves_large_tensors_from_the_heap():
     libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -88,3 +88,16 @@ def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
     train = (x, torch.tensor([0, 1, 0]))
     # the k-NN row uses the chosen feature: with k=1 each image finds itself
     assert demo.knn_top1(vit, train, train, 1, "cls_avgpool") == 100.0
+
+
+def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    # 32 px crops against the default config's patch 7
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "demo_fashion_mnist.py"), "--dataset",
+                           "synthetic", "--synthetic_size", "16", "--global_crops_size", "32", "--output_dir",
+                           str(tmp_path / "demo")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: --global_crops_size (32) must be a multiple of --patch_size (7): the patch embedding "
+                     "would drop the remaining pixels"], proc.stderr[-2000:]
+    assert not (tmp_path / "demo" / "results.json").exists()

@@ -112,12 +112,12 @@ def test_submitit_preemption_sigusr2_checkpoints_requeues_and_resumes(tmp_path):
 def test_demo_stopped_by_sigterm_does_not_evaluate(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "demo_fashion_mnist.py"), "--dataset",
-                             "synthetic", "--synthetic_size", "64", "--global_crops_size", "32", "--local_crops_size",
-                             "16", "--batch_size_per_gpu", "8", "--num_workers", "0", "--print_freq", "1",
+                             "synthetic", "--synthetic_size", "64", "--global_crops_size", "28", "--local_crops_size",
+                             "14", "--batch_size_per_gpu", "8", "--num_workers", "0", "--print_freq", "1",
                              "--output_dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ENV, cwd=ROOT)
     for line in proc.stdout:
-        if "Epoch: [0/1]  [1/8]" in line:
+        if line.startswith("Epoch: [0/") and "[1/8]" in line:  # the config's patch 7 and its epoch count
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.communicate(timeout=120)[0]

@@ -30,9 +30,9 @@ DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "ssvit", "in
 
 def configure_cache(cache_dir: Optional[str] = None) -> str:
     """Point Inductor's on-disk caches at ``cache_dir`` (created) and make sure they are on; returns
-    the folder used. An explicit ``TORCHINDUCTOR_CACHE_DIR`` in the environment wins over the default
-    (not over an explicit ``cache_dir``)."""
-    path = cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or DEFAULT_CACHE_DIR
+    the folder used. A ``TORCHINDUCTOR_CACHE_DIR`` set in the environment wins over the default (not
+    over an explicit ``cache_dir``), unless it holds Inductor's own default folder."""
+    path = cache_dir or _cache_dir_from_environment() or DEFAULT_CACHE_DIR
     os.makedirs(path, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
     import torch._functorch.config as functorch_config
@@ -47,6 +47,21 @@ def configure_cache(cache_dir: Optional[str] = None) -> str:
     except (ImportError, AttributeError):
         pass
     return path
+
+
+def _cache_dir_from_environment() -> Optional[str]:
+    """The user's ``TORCHINDUCTOR_CACHE_DIR``. Inductor writes its own default (``/tmp/torchinductor_$USER``)
+    into that variable the first time anything asks for its cache folder -- importing timm's models
+    is enough -- so that value is read as unset: otherwise the persistent default above would never
+    be used and the cache would live in /tmp."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not value:
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return value
+    return None if os.path.abspath(value) == os.path.abspath(default_cache_dir()) else value
 
 
 def compile_children(modules: Iterable[Optional[nn.Module]], **compile_kwargs) -> list[str]:
