@@ -37,6 +37,18 @@ def get_args_parser(argv=None) -> argparse.ArgumentParser:
     return parser
 
 
+def run_as_command(fn) -> int:
+    """``fn()`` with the pretraining commands' exit statuses: 0 on success; bad input (a flag, the data,
+    the checkpoint folder, the device) a one-line ``error:`` and 2; a diverged run a one-line error
+    and 1, as the originals on a non-finite loss."""
+    from ssvit.engine.pretrain import TrainingDiverged
+    try:
+        return exit_status(fn, (DataError, CheckpointError, DeviceError, ValueError, OSError))
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from ssvit.methods.sit import finetune_argv, is_sit_finetune
@@ -45,7 +57,7 @@ def main(argv=None) -> int:
         return main_finetune.main(finetune_argv(argv))
     parser = get_args_parser(argv)
     args = parse_with_config(parser, argv)
-    from ssvit.engine.pretrain import Trainer, TrainingDiverged
+    from ssvit.engine.pretrain import Trainer
 
     def train():
         trainer = Trainer(args)
@@ -54,11 +66,7 @@ def main(argv=None) -> int:
             trainer.method.validate(trainer.start_epoch)
             return
         trainer.fit()
-    try:
-        return exit_status(train, (DataError, CheckpointError, DeviceError, ValueError, OSError))
-    except TrainingDiverged as e:  # not bad input: exit 1, as the originals on a non-finite loss
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_as_command(train)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from main_pretrain import get_args_parser  # noqa: E402
+from main_pretrain import get_args_parser, run_as_command  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.evaluation import build_knn_datasets, knn_classifier  # noqa: E402
@@ -120,20 +120,5 @@ def main(argv=None) -> dict:
     return summary
 
 
-def cli() -> int:
-    """``main`` as a command: bad input (a flag, the data, the checkpoint folder, the device) ends with
-    a one-line ``error:`` and exit status 2, as ``main_pretrain.py``; a diverged run with exit 1."""
-    from ssvit.cli import exit_status
-    from ssvit.data import DataError
-    from ssvit.engine.checkpoint import CheckpointError
-    from ssvit.engine.distributed import DeviceError
-    from ssvit.engine.pretrain import TrainingDiverged
-    try:
-        return exit_status(main, (DataError, CheckpointError, DeviceError, ValueError, OSError))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_as_command(main))  # bad input: one line, exit 2 (main_pretrain.py's statuses)
