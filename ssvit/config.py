@@ -79,6 +79,10 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tf32", default=True, type=bool_flag,
                    help="let fp32 matmuls/convolutions on GPU use TF32 tensor cores (the fp32 islands, "
                         "--use_fp16 false); false = full fp32")
+    p.add_argument("--augmentation", default="pil", choices=["pil", "batched"],
+                   help="pil: the original per-image multi-crop transform (the original's crops, bit for bit); "
+                        "batched: the same transforms applied to whole batches of tensors on the device "
+                        "(ssvit.data.batched_multicrop; --method dino, datasets of one image size)")
     p.add_argument("--retain_host_memory", default=True, type=bool_flag,
                    help="CPU runs: glibc malloc keeps freed memory for the next iteration instead of unmapping "
                         "large blocks (fewer page faults; numerics unchanged); false = glibc's defaults")

@@ -63,6 +63,11 @@ def fix_random_seeds(seed: int) -> None:
     random.seed(seed)
 
 
+def batch_seed(seed: int, epoch: int, iteration: int, rank: int) -> int:
+    """The seed of a batch's ``--augmentation batched`` draws: a resumed run draws the same crops."""
+    return (seed * 1_000_003 + epoch * 10_000_019 + iteration * 7_919 + rank * 104_729) % (2 ** 63)
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Clear errors for bad flag values; clamp warm-ups longer than the run (with a warning)."""
     def need(cond, msg):
@@ -118,10 +123,16 @@ class Trainer:
         self.method: SSLMethod = method_cls(args).to(self.device)
 
         # ---------------- data
+        self.batch_transform = self.method.build_batch_transform(args)  # --augmentation batched
+        if self.batch_transform is not None and DATASET_INFO[args.dataset].image_size is None:
+            raise ValueError(f"--augmentation batched stacks whole images, so it needs a dataset of one image size "
+                             f"(fashion_mnist, cifar10, ...): --dataset {args.dataset} is not; use --augmentation pil")
         base = build_dataset(args.dataset, self.method.dataset_path(args), train=True, download=args.download,
                              on_bad_image=args.on_bad_image, synthetic_size=args.synthetic_size,
                              synthetic_image_size=DATASET_INFO["synthetic"].image_size)
-        self.dataset = TransformedDataset(base, self.method.build_transform(args), seed=args.seed, with_index=True)
+        # a batch transform draws per batch; the per-image one then only converts, with no draws to seed
+        self.dataset = TransformedDataset(base, self.method.build_transform(args), with_index=True,
+                                          seed=args.seed if self.batch_transform is None else None)
         self.sampler = self.method.build_sampler(self.dataset, self.dist.world_size, self.dist.rank, args.seed) or \
             ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                         shuffle=True, seed=args.seed)
@@ -389,6 +400,9 @@ class Trainer:
             if i % k == 0:
                 self.set_schedules(it)
             batch, labels, index = to_device((batch, labels, index), self.device)
+            if self.batch_transform is not None:  # the draws depend on (seed, epoch, iteration, rank) only
+                batch = self.batch_transform(batch, torch.Generator().manual_seed(
+                    batch_seed(args.seed, epoch, i, self.dist.rank)))
             self.last_batch = batch
             momentum = float(self.momentum_schedule[it]) if self.momentum_schedule is not None else 0.0
             r = self.step(batch, epoch, i, momentum, stop.requested, labels=labels, index=index)

@@ -79,6 +79,15 @@ class SSLMethod(nn.Module):
     def build_transform(self, args: argparse.Namespace) -> Callable:
         raise NotImplementedError
 
+    def build_batch_transform(self, args: argparse.Namespace) -> Optional[Callable]:
+        """``--augmentation batched``: a callable ``(images on the device, torch.Generator) -> batch``
+        that the engine applies to each batch the loader yields (``build_transform`` then only turns
+        images into tensors); None: the per-image transform makes the batch."""
+        if getattr(args, "augmentation", "pil") == "batched":
+            raise ValueError(f"--augmentation batched is implemented for DINO's multi-crop (--method dino), not for "
+                             f"--method {args.method}: use --augmentation pil")
+        return None
+
     def training_step(self, student: nn.Module, batch: Any, epoch: int, it: int = 0, labels=None,
                       index=None) -> tuple[torch.Tensor, dict]:
         """Forward teacher and ``student`` (possibly DDP-wrapped) on one batch (what the transform

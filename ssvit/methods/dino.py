@@ -10,6 +10,7 @@ import argparse
 import torch
 import torch.nn as nn
 
+from ..data.batched_multicrop import BatchedMultiCrop, image_to_uint8_tensor
 from ..data.transforms import DataAugmentationDINO
 from ..models import DINOHead, MultiCropWrapper, create_backbone
 from ..objectives import DINOLoss
@@ -57,8 +58,16 @@ class DINO(DINOFamily):
             raise ValueError(f"--local_crops_number must be >= 0, got {args.local_crops_number}")
 
     def build_transform(self, args):
+        if args.augmentation == "batched":  # crops made per batch on the device (build_batch_transform)
+            return image_to_uint8_tensor
         return DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
                                     args.global_crops_size, args.local_crops_size)
+
+    def build_batch_transform(self, args):
+        if args.augmentation != "batched":
+            return None
+        return BatchedMultiCrop(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                args.global_crops_size, args.local_crops_size)
 
     def training_step(self, student, images, epoch, it=0, labels=None, index=None):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..data.overlap import DataAugmentationOverlap
 from ..models.sere import SEREMultiCropWrapper, add_sere_heads
 from ..objectives import ChannelSERELoss, PixelSERELoss
-from .base import register_method
+from .base import SSLMethod, register_method
 from .dino import DINO
 from .ibot import iBOT
 
@@ -150,6 +150,8 @@ class DINOSERE(SERETerms, DINO):
 
     def build_transform(self, args):
         return self.sere_transform(args)
+
+    build_batch_transform = SSLMethod.build_batch_transform  # SERE's crops carry overlap grids: per image only
 
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
