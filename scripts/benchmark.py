@@ -124,8 +124,9 @@ def clip_gradients_original(model, clip):
 
 
 def make_batch(method, args, device):
-    """One batch exactly as the data loader would give it (the method's own transform: crops, and
-    masks / overlap grids where the method uses them) on random images, moved to ``device``."""
+    """One batch exactly as the training loop gives it to the step (the method's own transform: crops, and
+    masks / overlap grids where the method uses them; with ``--augmentation batched`` the batch
+    transform after the loader) on random images, moved to ``device``."""
     import numpy as np
     from PIL import Image
     from torch.utils.data import default_collate
@@ -135,7 +136,9 @@ def make_batch(method, args, device):
     rng = np.random.RandomState(args.seed)
     side = max(args.global_crops_size, 32)
     imgs = [Image.fromarray((rng.rand(side, side, 3) * 255).astype(np.uint8)) for _ in range(args.batch_size_per_gpu)]
-    return to_device(default_collate([transform(im) for im in imgs]), device)
+    batch = to_device(default_collate([transform(im) for im in imgs]), device)
+    batch_transform = method.build_batch_transform(args)  # --augmentation batched: crops made per batch
+    return batch if batch_transform is None else batch_transform(batch, torch.Generator().manual_seed(args.seed))
 
 
 def build(args, device, original: bool):

@@ -138,3 +138,11 @@ def test_measured_matmul_peak_is_a_plausible_rate(monkeypatch):
     clock = iter(range(100))
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: float(next(clock)))  # each matmul "takes" 1 s
     assert benchmark.measured_matmul_tflops(torch.device("cpu"), None, n=64, repeats=2) == pytest.approx(2 * 64 ** 3 / 1e12)
+
+
+def test_batched_augmentation_batch_is_the_crops_the_step_takes():
+    args = benchmark.parse_with_config(benchmark.get_args_parser(TINY[:-6]), TINY[:-6] + ["--augmentation", "batched"])
+    method, _ = benchmark.build(args, torch.device("cpu"), original=False)
+    images = benchmark.make_batch(method, args, torch.device("cpu"))
+    assert [tuple(t.shape) for t in images] == [(2, 3, 16, 16)] * 2 + [(2, 3, 8, 8)] * 2
+    assert all(t.dtype == torch.float32 for t in images)
