@@ -52,7 +52,7 @@ sys.path.insert(0, ROOT)
 from main_pretrain import get_args_parser  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.distributed import resolve_device  # noqa: E402
-from ssvit.engine.optim import build_optimizer, clip_gradients  # noqa: E402
+from ssvit.engine.optim import build_optimizer, clip_gradients, fused_adamw_wanted  # noqa: E402
 from ssvit.engine.pretrain import fix_random_seeds, validate_args  # noqa: E402
 from ssvit.engine.step import TrainStep  # noqa: E402
 from ssvit.methods import get_method  # noqa: E402
@@ -151,7 +151,7 @@ def build(args, device, original: bool):
         from ssvit.utils.compile import compile_task
         compile_task(method, args.compile_cache_dir)
     opt = build_optimizer(args.optimizer, method.param_groups(method.student),
-                          fused=device.type == "cuda" and not original)
+                          fused=fused_adamw_wanted(args.fused_adamw, device) and not original)
     for g in opt.param_groups:
         g["lr"] = 1e-4
     amp_dtype = select_amp_dtype(device, args.use_fp16, args.amp_dtype)

@@ -83,6 +83,10 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
                    help="pil: the original per-image multi-crop transform (the original's crops, bit for bit); "
                         "batched: the same transforms applied to whole batches of tensors on the device "
                         "(ssvit.data.batched_multicrop; --method dino, datasets of one image size)")
+    p.add_argument("--fused_adamw", default="auto", choices=["auto", "true", "false"],
+                   help="AdamW's fused kernel: auto = on GPU only (CPU keeps PyTorch's per-parameter loop, the "
+                        "original's numerics bit for bit); true = also on CPU (far fewer ops per step for small "
+                        "models; equal within float rounding); false = never")
     p.add_argument("--retain_host_memory", default=True, type=bool_flag,
                    help="CPU runs: glibc malloc keeps freed memory for the next iteration instead of unmapping "
                         "large blocks (fewer page faults; numerics unchanged); false = glibc's defaults")

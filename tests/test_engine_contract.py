@@ -160,3 +160,13 @@ def test_the_step_freezes_the_last_layer_during_freeze_last_layer_epochs():
     assert torch.equal(last.weight_v, v0) and not torch.equal(m.student.head.mlp[0].weight, mlp0)
     step(batch, 1, 1, 0.9)  # epoch 1: they train
     assert not torch.equal(last.weight_v, v0)
+
+
+def test_fused_adamw_flag_reaches_the_engine_optimizer(tmp_path):
+    extra = ["--optimizer", "adamw", "--epochs", "1"]
+    assert not trainer(tmp_path, extra=extra, name="a").optimizer.defaults.get("fused")  # auto on CPU: the loop
+    t = trainer(tmp_path, extra=extra + ["--fused_adamw", "true"], name="b")
+    assert t.optimizer.defaults.get("fused") is True
+    t.fit()  # trains and checkpoints with the fused CPU kernel
+    ck = load_checkpoint(str(tmp_path / "b" / "checkpoint.pth"))
+    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())

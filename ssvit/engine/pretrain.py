@@ -35,7 +35,7 @@ from ..utils.precision import select_amp_dtype
 from ..utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_rng_state, torch_rng_state
 from .distributed import DistInfo, barrier, init_distributed
 from .metrics import MetricLogger, Progress
-from .optim import build_optimizer
+from .optim import build_optimizer, fused_adamw_wanted
 from .signals import StopRequest
 from .step import TrainStep
 
@@ -167,7 +167,7 @@ class Trainer:
         else:
             self.student_ddp = student
         self.optimizer = build_optimizer(args.optimizer, self.method.param_groups(self.student_ddp),
-                                         fused=self.device.type == "cuda")
+                                         fused=fused_adamw_wanted(args.fused_adamw, self.device))
         self.amp_dtype = select_amp_dtype(self.device, args.use_fp16, args.amp_dtype)
         self.step = TrainStep(self.method, self.student_ddp, self.optimizer, device=self.device,
                               amp_dtype=self.amp_dtype, clip_grad=args.clip_grad, accum_iter=args.accum_iter)
