@@ -21,6 +21,36 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+CENTERINGS = ("centering", "sinkhorn_knopp")
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_output: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """DINOv2's teacher targets (``dinov2/loss/dino_clstoken_loss.py``, ``sinkhorn_knopp_teacher``):
+    ``Q = exp(t / temp)`` over (B, K) teacher logits, then ``n_iterations`` alternating normalisations
+    so that every prototype gets 1/K of the mass and every sample 1/B -- summed over all ranks -- and
+    rows rescaled to sum to 1 (B = the global batch). Returns (B, K) row-stochastic targets.
+
+    exp is taken after subtracting the global maximum: the normalisations cancel the constant, and
+    a low temperature no longer overflows (DINOv2 exponentiates directly).
+    """
+    t = teacher_output.float() / temp
+    top = t.max()
+    if world_size() > 1:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp(t - top).t()  # (K, B), as the paper's notation
+    n_samples = q.shape[1] * world_size()
+    n_protos = q.shape[0]
+    q /= all_reduce_sum(torch.sum(q))
+    for _ in range(n_iterations):
+        q /= all_reduce_sum(torch.sum(q, dim=1, keepdim=True))  # each prototype: total mass 1/K
+        q /= n_protos
+        q /= torch.sum(q, dim=0, keepdim=True)  # each sample: total mass 1/B (samples are local)
+        q /= n_samples
+    q *= n_samples
+    return q.t()
+
+
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher and the student over crop pairs.
 
@@ -36,12 +66,19 @@ class DINOLoss(nn.Module):
     otherwise a list with one (B, B) soft-target matrix per student crop, and each pair's per-row
     loss is, literally as EsViT, ``-sum(T_v * (q_i @ log_softmax(s_v).T), dim=-1)`` (QUIRK: rows
     of the product index teacher images, columns student images).
+
+    ``centering="sinkhorn_knopp"`` (DINOv2's option): the teacher targets are ``sinkhorn_knopp``'s
+    balanced assignment of the 2B global-crop logits at the scheduled temperature instead of
+    ``softmax((t - center) / temp)``; the centre buffer is then left unchanged.
     """
 
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9):
+                 center_momentum: float = 0.9, centering: str = "centering", sinkhorn_iterations: int = 3):
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"--centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+        self.centering, self.sinkhorn_iterations = centering, sinkhorn_iterations
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.ncrops = ncrops
@@ -58,7 +95,10 @@ class DINOLoss(nn.Module):
         student_out = (student_output / self.student_temp).chunk(self.ncrops)
 
         temp = self.teacher_temp_schedule[epoch]
-        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1)
+        if self.centering == "sinkhorn_knopp":
+            teacher_out = sinkhorn_knopp(teacher_output.detach(), temp, self.sinkhorn_iterations)
+        else:
+            teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1)
         teacher_out = teacher_out.detach().chunk(2)
 
         total_loss = 0
@@ -74,7 +114,8 @@ class DINOLoss(nn.Module):
                 total_loss += loss.mean()
                 n_loss_terms += 1
         total_loss /= n_loss_terms
-        self.update_center(teacher_output)
+        if self.centering == "centering":  # Sinkhorn-Knopp needs no running centre (DINOv2 keeps it unchanged)
+            self.update_center(teacher_output)
         return total_loss
 
     @torch.no_grad()
