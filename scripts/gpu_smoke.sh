@@ -161,6 +161,10 @@ for prec in fp16 bf16; do
 done
 check amp_fp32 "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS --use_fp16 false \
   --output_dir "$OUT/amp_fp32"
+# crops made on the device from uint8 batches, the fused AdamW and DINOv2's loss terms (fp16 + GradScaler)
+check batched_aug_fused_koleo "$PY" main_pretrain.py "${COMMON[@]}" --epochs 1 --max_iters $ITERS \
+  --augmentation batched --fused_adamw true --koleo_loss_weight 0.1 --centering sinkhorn_knopp \
+  --output_dir "$OUT/batched_aug"
 if [ "$DEVICE" = cuda ]; then
   check fp16_scaler_saved "$PY" -c "
 from ssvit.engine.checkpoint import load_checkpoint

@@ -172,7 +172,8 @@ def test_engine_batched_run_resumes_bit_identical(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--method", "ibot", "--patch_out_dim", "64"], "--augmentation batched is implemented for DINO's multi-crop (--method dino), not for --method ibot"),
+    (["--method", "ibot", "--patch_out_dim", "64"],
+     "--augmentation batched is implemented for DINO's multi-crop (--method dino), not for --method ibot"),
     (["--dataset", "imagefolder", "--data_path", "/tmp"], "--augmentation batched stacks whole images"),
 ])
 def test_engine_batched_bad_input_is_one_line(tmp_path, flags, message, capsys):

@@ -13,7 +13,8 @@ def test_gpu_smoke_script_passes_on_cpu(tmp_path):
     assert p.returncode == 0 and "[smoke] all checks passed" in out, out[-4000:] + p.stderr[-2000:]
     for name in ("device_auto", "torchrun_epochs", "amp_fp16", "amp_bf16", "amp_fp32", "sigterm_stop",
                  "sigterm_resume", "nonfinite", "knn_use_cuda_false", "submitit_local", "ibot_torchrun",
-                 "sit_step", "sit_v2_step", "relvit_step", "video_segmentation", "ipace_segmentation",
+                 "batched_aug_fused_koleo", "sit_step", "sit_v2_step", "relvit_step", "video_segmentation",
+                 "ipace_segmentation",
                  "segmentation_metrics", "segmentation_on_device", "bench_dino_fp16", "knn_speed"):
         assert f"[smoke] {name}: ok" in out, name
     assert "speed-up ssvit / original code paths" in out
