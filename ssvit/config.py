@@ -24,6 +24,14 @@ def bool_flag(s) -> bool:
     raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {s!r} (use true/false)")
 
 
+def auto_bool(s) -> str:
+    """A three-way flag: ``auto``, or a boolean in ``bool_flag``'s spellings (YAML's true / false too),
+    returned as ``'auto'``, ``'true'`` or ``'false'``."""
+    if isinstance(s, str) and s.lower() == "auto":
+        return "auto"
+    return "true" if bool_flag(s) else "false"
+
+
 def add_dino_args(parser: argparse.ArgumentParser) -> None:
     """Every flag of facebookresearch/dino ``main_dino.py`` with its default."""
     p = parser
@@ -83,7 +91,7 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
                    help="pil: the original per-image multi-crop transform (the original's crops, bit for bit); "
                         "batched: the same transforms applied to whole batches of tensors on the device "
                         "(ssvit.data.batched_multicrop; --method dino, datasets of one image size)")
-    p.add_argument("--fused_adamw", default="auto", choices=["auto", "true", "false"],
+    p.add_argument("--fused_adamw", default="auto", type=auto_bool,
                    help="AdamW's fused kernel: auto = on GPU only (CPU keeps PyTorch's per-parameter loop, the "
                         "original's numerics bit for bit); true = also on CPU (far fewer ops per step for small "
                         "models; equal within float rounding); false = never")
@@ -164,7 +172,22 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
         if unknown:
             parser.error(f"unknown keys in '{known.config}': {', '.join(unknown)}")
         parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if known.config:  # argparse converts and checks command-line values only: do it for the file's too
+        for action in parser._actions:
+            if action.dest not in cfg or getattr(args, action.dest) is not cfg[action.dest]:
+                continue  # not from the file, or overridden on the command line
+            value = cfg[action.dest]
+            if action.type is auto_bool and value is not None:
+                try:
+                    value = auto_bool(value)
+                except argparse.ArgumentTypeError as e:
+                    parser.error(f"'{action.dest}' in '{known.config}': {e}")
+                setattr(args, action.dest, value)
+            if action.choices is not None and value not in action.choices:
+                parser.error(f"'{action.dest}' in '{known.config}': invalid choice {value!r} "
+                             f"(choose from {', '.join(map(str, action.choices))})")
+    return args
 
 
 def save_config(args: argparse.Namespace, path: str) -> None:

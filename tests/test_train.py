@@ -221,3 +221,22 @@ def test_submitit_launcher_runs_the_job_with_local_executor(tmp_path):
     assert p.returncode == 0 and "finished" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
     ck = load_checkpoint(str(out / "checkpoint.pth"))
     assert ck["epoch"] == 1 and "module.backbone.cls_token" in ck["student"]
+
+
+def test_yaml_values_are_checked_and_converted_like_flags(tmp_path, capsys):
+    """argparse only converts / checks command-line values: a YAML choice outside the list is a one-line
+    error, and YAML's booleans for a three-way flag (--fused_adamw) read as the flag's words."""
+    from main_pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("fused_adamw: true\naugmentation: batched\n")
+    args = parse_with_config(get_args_parser([]), ["--config", str(cfg)])
+    assert args.fused_adamw == "true" and args.augmentation == "batched"
+    args = parse_with_config(get_args_parser([]), ["--config", str(cfg), "--fused_adamw", "auto"])
+    assert args.fused_adamw == "auto"  # the command line wins
+    for text, message in (("augmentation: bogus\n", "'augmentation' in"), ("fused_adamw: maybe\n", "fused_adamw")):
+        cfg.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            parse_with_config(get_args_parser([]), ["--config", str(cfg)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err, err

@@ -46,6 +46,8 @@ def fused_adamw_wanted(setting: str, device: torch.device) -> bool:
     original's CPU numerics, bit for bit); ``true`` = the fused kernel on either (on CPU ~10x cheaper
     than the loop for a small model's ~65 tensors, equal to it within an ulp or two per step);
     ``false`` = the loop (foreach on GPU) everywhere."""
+    if isinstance(setting, bool):
+        setting = "true" if setting else "false"
     if setting not in ("auto", "true", "false"):
         raise ValueError(f"--fused_adamw must be auto, true or false, got {setting!r}")
     return device.type == "cuda" if setting == "auto" else setting == "true"
