@@ -106,3 +106,11 @@ def test_dino_method_adds_weighted_koleo_of_student_global_cls():
 def test_dino_method_centering_flag_reaches_the_loss():
     flags = FLAGS + ["--centering", "sinkhorn_knopp"]
     assert DINO(parse_with_config(get_args_parser(flags), flags)).criterion.centering == "sinkhorn_knopp"
+
+
+def test_koleo_is_refused_where_the_method_would_ignore_it():
+    from method_helpers import build_method
+    with pytest.raises(ValueError, match="--koleo_loss_weight is implemented for --method dino, not for --method dino_sere"):
+        build_method(FLAGS + ["--method", "dino_sere", "--koleo_loss_weight", "0.1"])
+    m, _ = build_method(FLAGS + ["--method", "dino_sere", "--centering", "sinkhorn_knopp"])
+    assert m.criterion.centering == "sinkhorn_knopp"  # DINO+SERE's loss is DINO's: the centering applies

@@ -60,7 +60,7 @@ class DINO(DINOFamily):
                                  "sinkhorn_knopp = DINOv2's balanced assignment (3 Sinkhorn-Knopp iterations)")
         parser.add_argument("--koleo_loss_weight", default=0.0, type=float,
                             help="DINOv2's KoLeo regulariser on the student's backbone CLS tokens of each global "
-                                 "crop, times this weight (DINOv2: 0.1); 0 = DINO's loss alone")
+                                 "crop, times this weight (DINOv2: 0.1); 0 = DINO's loss alone (--method dino only)")
 
     @classmethod
     def check_args(cls, args):
