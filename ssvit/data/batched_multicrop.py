@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import pil_to_tensor
 
 from . import batched_color
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, blur_radii
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, blur_radii, central_crop_box
 
 
 def image_to_uint8_tensor(img) -> torch.Tensor:
@@ -68,16 +68,8 @@ def random_resized_crop_boxes(n: int, height: int, width: int, scale: Sequence[f
     top = torch.floor(pos[:, 0] * (height - h + 1).double()).long()
     left = torch.floor(pos[:, 1] * (width - w + 1).double()).long()
     if not bool(found.all()):  # torchvision's fallback: the whole image, ratio clamped, centred
-        in_ratio = width / height
-        if in_ratio < min(ratio):
-            cw, ch = width, int(round(width / min(ratio)))
-        elif in_ratio > max(ratio):
-            ch, cw = height, int(round(height * max(ratio)))
-        else:
-            cw, ch = width, height
         miss = ~found
-        h[miss], w[miss] = ch, cw
-        top[miss], left[miss] = (height - ch) // 2, (width - cw) // 2
+        top[miss], left[miss], h[miss], w[miss] = central_crop_box(height, width, ratio)
     return torch.stack((top, left, h, w), 1)
 
 

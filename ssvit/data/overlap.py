@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, GaussianBlur, Solarization, blur_radii, color_distortion,
-                         normalize_transform)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, GaussianBlur, Solarization, blur_radii, central_crop_box,
+                         color_distortion, normalize_transform)
 
 
 class RandomResizedCropOverLap:
@@ -40,14 +40,7 @@ class RandomResizedCropOverLap:
             h = int(round(math.sqrt(target_area / aspect_ratio)))
             if 0 < w <= width and 0 < h <= height:
                 return random.randint(0, height - h), random.randint(0, width - w), h, w
-        in_ratio = float(width) / float(height)
-        if in_ratio < min(ratio):
-            w, h = width, int(round(width / min(ratio)))
-        elif in_ratio > max(ratio):
-            h, w = height, int(round(height * max(ratio)))
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
+        return central_crop_box(height, width, ratio)
 
     def __call__(self, img: Image.Image):
         i, j, h, w = self.get_params(img, self.scale, self.ratio)

@@ -78,6 +78,19 @@ def normalize_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[flo
     return ToTensorNormalize(mean, std)
 
 
+def central_crop_box(height: int, width: int, ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """``RandomResizedCrop``'s fallback when no random try fits: the whole image with its aspect ratio
+    clamped to ``ratio``, centred; (top, left, h, w)."""
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def color_distortion() -> list:
     """DINO's colour steps: jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, then grayscale with p=0.2."""
     return [

@@ -88,13 +88,11 @@ class DINO(DINOFamily):
 
     def training_step(self, student, images, epoch, it=0, labels=None, index=None):
         teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
-        if not self.koleo_loss_weight:
-            student_output = student(images)
-            self.observe_teacher(teacher_output, epoch)
-            return self.criterion(student_output, teacher_output, epoch), {}
-        # DINOv2's KoLeo term: on the student's backbone CLS tokens of each global crop
         feats, student_output = student(images, return_backbone_feat=True)
         self.observe_teacher(teacher_output, epoch)
         dino = self.criterion(student_output, teacher_output, epoch)
+        if not self.koleo_loss_weight:
+            return dino, {}
+        # DINOv2's KoLeo term: on the student's backbone CLS tokens of each global crop
         koleo = sum(self.koleo(f) for f in feats[:2 * images[0].shape[0]].chunk(2))
         return dino + self.koleo_loss_weight * koleo, {"loss": dino.item(), "koleo_loss": koleo.item()}
