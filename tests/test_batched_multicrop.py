@@ -43,6 +43,20 @@ def test_boxes_follow_random_resized_crop_rules():
     assert abs(top.double().mean() - ref[:, 0].mean()) < 0.4
 
 
+def test_boxes_take_the_first_try_that_fits():
+    """Near the whole image most tries overflow a side: each image must use its first fitting try (or the
+    fallback), never an overflowing one, and match torchvision's area and fallback rate."""
+    g = torch.Generator().manual_seed(0)
+    b = random_resized_crop_boxes(4000, 28, 28, (0.9, 1.0), g)
+    top, left, h, w = b.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 28).all() and (left + w <= 28).all()
+    torch.manual_seed(0)
+    ref = torch.tensor([transforms.RandomResizedCrop.get_params(torch.zeros(1, 28, 28), [0.9, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(4000)], dtype=torch.float64)
+    assert abs((h * w).double().mean() - (ref[:, 2] * ref[:, 3]).mean()) < 6.0  # of ~740 px
+    assert abs((h != w).double().mean() - (ref[:, 2] != ref[:, 3]).double().mean()) < 0.04
+
+
 def test_whole_image_and_fallback_boxes_equal_torchvision():
     g = torch.Generator().manual_seed(0)
     b = random_resized_crop_boxes(5, 28, 28, (1.0, 1.0), g, ratio=(1.0, 1.0))
@@ -84,6 +98,21 @@ def test_gaussian_blur_equals_torchvision_per_image():
     torch.testing.assert_close(out[0], TF.gaussian_blur(x[0], [k, k], [0.7, 0.7]), atol=1e-6, rtol=0)
     torch.testing.assert_close(out[1], x[1])
     torch.testing.assert_close(out[2], TF.gaussian_blur(x[2], [k, k], [1.3, 1.3]), atol=1e-6, rtol=0)
+
+
+def test_pipeline_blur_draws_sigma_per_image_with_its_probability():
+    aug = BatchedMultiCrop(global_crops_size=224)  # DINO's radii: U(0.1, 2) px
+    x = torch.zeros(64, 1, 15, 15)
+    x[:, :, 7, 7] = 1.0  # an impulse: what remains at the centre tells the blur's sigma
+    centre = lambda out: out[:, 0, 7, 7]  # noqa: E731
+    assert torch.equal(aug.blur(x, torch.zeros(64), torch.Generator().manual_seed(0)), x)
+    out = aug.blur(x, torch.ones(64), torch.Generator().manual_seed(0))
+    # sigma ~ U(0.1, 2): the centre keeps ~0.04 (sigma 2) to 1 (sigma below ~0.25) of the impulse; a
+    # visible blur (sigma above ~0.3) for about 89 % of the images, with spread-out strengths
+    assert (centre(out) > 0.03).all() and centre(out).std() > 0.05
+    assert (centre(out) < 0.999).double().mean() > 0.75
+    half = aug.blur(x, torch.full((64,), 0.5), torch.Generator().manual_seed(0))
+    assert 0.2 < (centre(half) < 0.999).double().mean() < 0.7
 
 
 def test_solarize_inverts_from_128_on_selected_images():
