@@ -6,7 +6,8 @@
 #
 # ITERS 0 sets no cap: each probe runs its whole schedule (e.g. "probe=--epochs 1 ..." completes the
 # warm-up and the cosine lr / teacher-momentum schedules in one epoch, where ITERS > 0 stops the
-# config's 5-epoch schedule early). Without NAME=FLAGS it runs the list below. One row per probe is appended to $OUT/results.md:
+# config's 5-epoch schedule early). Without NAME=FLAGS it runs the list below.
+# One row per probe is appended to $OUT/results.md:
 # name | iterations | pretraining seconds | 20-NN top-1 of the teacher for cls / cls_avgpool / last4_cls | flags.
 # Runs are sequential (2 cores: parallel runs would only share them). OUT defaults to runs/sweep;
 # PROBE_TRAIN / PROBE_TEST (default 60000 / 10000) shrink the k-NN splits for a quick check.
