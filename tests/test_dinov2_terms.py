@@ -108,9 +108,66 @@ def test_dino_method_centering_flag_reaches_the_loss():
     assert DINO(parse_with_config(get_args_parser(flags), flags)).criterion.centering == "sinkhorn_knopp"
 
 
-def test_koleo_is_refused_where_the_method_would_ignore_it():
+def _koleo_batch(method, m, args):
+    """A batch of ``method``'s own transform (iBOT masks, SERE overlap grids) on 6 random images."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import default_collate
+    random.seed(0)
+    torch.manual_seed(0)
+    tf = m.build_transform(args)
+    imgs = [Image.fromarray((np.random.RandomState(i).rand(20, 20, 3) * 255).astype(np.uint8)) for i in range(6)]
+    batch = default_collate([tf(im) for im in imgs])
+    if isinstance(batch, dict):
+        return batch, batch["crops"], batch.get("masks")
+    if method == "ibot":
+        return batch, batch[0], batch[1]
+    return batch, batch, None
+
+
+KOLEO_METHODS = {
+    "ibot": ["--patch_out_dim", "32", "--drop_path", "0", "--local_crops_number", "2"],
+    "ibot_sere": ["--patch_out_dim", "32", "--drop_path", "0", "--overlap_size", "3", "3",
+                  "--sere_channel_sizes", "4", "2"],
+    "dino_sere": ["--overlap_size", "3", "3", "--sere_channel_sizes", "4", "2"],
+}
+
+
+@pytest.mark.parametrize("method", list(KOLEO_METHODS))
+def test_koleo_term_is_added_to_every_self_distillation_method(method):
+    """--koleo_loss_weight on iBOT, iBOT+SERE and DINO+SERE: the method's own loss plus the weight times
+    KoLeo of the student backbone's CLS token of each global crop (masked crops for iBOT, as DINOv2)."""
     from method_helpers import build_method
-    with pytest.raises(ValueError, match="--koleo_loss_weight is implemented for --method dino, not for --method dino_sere"):
-        build_method(FLAGS + ["--method", "dino_sere", "--koleo_loss_weight", "0.1"])
+    torch.manual_seed(0)
+    flags = FLAGS + ["--method", method, *KOLEO_METHODS[method]]
+    m, args = build_method(flags + ["--koleo_loss_weight", "0.25"])
+    plain, _ = build_method(flags)
+    plain.load_state_dict(m.state_dict())  # the same weights and centres
+    batch, crops, masks = _koleo_batch(method, m, args)
+    loss, extra = m.training_step(m.student, batch, epoch=1)
+    loss0, extra0 = plain.training_step(plain.student, batch, epoch=1)
+    with torch.no_grad():
+        kw = {"mask": torch.cat(list(masks[:2]))} if masks is not None else {}
+        cls = m.student.backbone(torch.cat(list(crops[:2])), **kw)
+        cls = cls[:, 0] if cls.dim() == 3 else cls
+    koleo = KoLeoLoss()(cls[:6]) + KoLeoLoss()(cls[6:])
+    assert "koleo_loss" not in extra0 and extra["koleo_loss"] == pytest.approx(koleo.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(loss0.item() + 0.25 * koleo.item(), rel=1e-5)
+    # the method's own logged terms are unchanged; 'loss' logs its own loss (SERE: the DINO / iBOT part)
+    for key, value in extra0.items():
+        assert extra[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert extra["loss"] == pytest.approx(extra0.get("loss", loss0.item()), rel=1e-5)
+
+
+def test_koleo_flag_checks_and_refusals():
+    from method_helpers import build_method
+    for method, extra in [("dino", []), *KOLEO_METHODS.items()]:
+        flags = FLAGS + ["--method", method, *extra]
+        with pytest.raises(ValueError, match="--koleo_loss_weight must be >= 0"):
+            build_method(flags + ["--koleo_loss_weight", "-0.1"])
+        with pytest.raises(ValueError, match="needs --batch_size_per_gpu >= 2"):
+            build_method(flags + ["--koleo_loss_weight", "0.1", "--batch_size_per_gpu", "1"])
     m, _ = build_method(FLAGS + ["--method", "dino_sere", "--centering", "sinkhorn_knopp"])
     assert m.criterion.centering == "sinkhorn_knopp"  # DINO+SERE's loss is DINO's: the centering applies

@@ -329,6 +329,9 @@ def test_bad_ibot_flags_are_clear_errors():
         build(FLAGS + ["--patch_out_dim", "16"])
     with pytest.raises(ValueError, match="ratio"):
         build(FLAGS + ["--pred_ratio", "0.1", "--pred_ratio_var", "0.3"])
+    # a multi-stage backbone has no mask token: refused up front, not a crash at the first step
+    with pytest.raises(ValueError, match="--arch swin_tiny takes no patch masks"):
+        build(FLAGS + ["--arch", "swin_tiny"])
 
 
 # ------------------------------------------------------------------ checkpoints

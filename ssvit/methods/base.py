@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..objectives import KoLeoLoss
+
 _METHODS: dict[str, type["SSLMethod"]] = {}
 
 
@@ -257,7 +259,8 @@ class SSLMethod(nn.Module):
 
 class DINOFamily(SSLMethod):
     """Shared behaviour of the self-distillation methods (DINO, iBOT, SERE, EsViT): teacher
-    temperature checks, multi-crop sizes, last-layer freezing."""
+    temperature checks, multi-crop sizes, last-layer freezing, and DINOv2's KoLeo term for the
+    methods that add ``--koleo_loss_weight`` (``add_koleo_args``) and call ``with_koleo``."""
 
     @classmethod
     def check_args(cls, args):
@@ -266,6 +269,34 @@ class DINOFamily(SSLMethod):
     def __init__(self, args: argparse.Namespace):
         super().__init__()
         self.freeze_last_layer = args.freeze_last_layer
+        self.koleo_loss_weight = getattr(args, "koleo_loss_weight", 0.0)
+        if self.koleo_loss_weight:
+            self.koleo = KoLeoLoss()
+
+    def with_koleo(self, loss: torch.Tensor, extra: dict, student_global_cls: torch.Tensor,
+                   n_global: int) -> tuple[torch.Tensor, dict]:
+        """``loss + koleo_loss_weight * sum_k KoLeo(student CLS of global crop k)`` (DINOv2: the
+        student backbone's CLS tokens, before the head, each global crop's batch separately);
+        ``student_global_cls`` is (n_global * B, D), crop-major. Logs ``koleo_loss``, and the
+        method's own loss under ``loss`` unless ``extra`` already names it. Weight 0: unchanged."""
+        if not self.koleo_loss_weight:
+            return loss, extra
+        koleo = sum(self.koleo(f) for f in student_global_cls.chunk(n_global))
+        extra = {"loss": loss.item(), **extra, "koleo_loss": koleo.item()}
+        return loss + self.koleo_loss_weight * koleo, extra
+
+
+def add_koleo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--koleo_loss_weight", default=0.0, type=float,
+                        help="DINOv2's KoLeo regulariser on the student's backbone CLS tokens of each global "
+                             "crop, times this weight (DINOv2: 0.1); 0 = the method's loss alone")
+
+
+def check_koleo_args(args: argparse.Namespace) -> None:
+    if args.koleo_loss_weight < 0:
+        raise ValueError(f"--koleo_loss_weight must be >= 0, got {args.koleo_loss_weight}")
+    if args.koleo_loss_weight and args.batch_size_per_gpu < 2:
+        raise ValueError("--koleo_loss_weight needs --batch_size_per_gpu >= 2 (a nearest neighbour per crop)")
 
     def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Optional[dict]:
         """Per-iteration schedules ``{'lr': array, 'wd': array, 'momentum': array or None}`` (length

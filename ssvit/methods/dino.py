@@ -13,9 +13,9 @@ import torch.nn as nn
 from ..data.batched_multicrop import BatchedMultiCrop, image_to_uint8_tensor
 from ..data.transforms import DataAugmentationDINO
 from ..models import DINOHead, MultiCropWrapper, create_backbone
-from ..objectives import DINOLoss, KoLeoLoss
+from ..objectives import DINOLoss
 from ..objectives.dino_loss import CENTERINGS
-from .base import DINOFamily, check_self_distillation_args, register_method
+from .base import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args, register_method
 
 
 def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module:
@@ -43,8 +43,6 @@ class DINO(DINOFamily):
         self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
                                   args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs,
                                   centering=args.centering)
-        self.koleo_loss_weight = args.koleo_loss_weight
-        self.koleo = KoLeoLoss()
 
     # hooks (SERE adds its relation heads and wrapper through them)
     def build_backbones(self, args) -> tuple[nn.Module, nn.Module]:
@@ -58,9 +56,7 @@ class DINO(DINOFamily):
         parser.add_argument("--centering", default="centering", choices=list(CENTERINGS),
                             help="teacher targets: centering = DINO's softmax((t - EMA centre) / temp); "
                                  "sinkhorn_knopp = DINOv2's balanced assignment (3 Sinkhorn-Knopp iterations)")
-        parser.add_argument("--koleo_loss_weight", default=0.0, type=float,
-                            help="DINOv2's KoLeo regulariser on the student's backbone CLS tokens of each global "
-                                 "crop, times this weight (DINOv2: 0.1); 0 = DINO's loss alone (--method dino only)")
+        add_koleo_args(parser)
 
     @classmethod
     def check_args(cls, args):
@@ -69,10 +65,7 @@ class DINO(DINOFamily):
             raise ValueError(f"--out_dim must be positive, got {args.out_dim}")
         if args.local_crops_number < 0:
             raise ValueError(f"--local_crops_number must be >= 0, got {args.local_crops_number}")
-        if args.koleo_loss_weight < 0:
-            raise ValueError(f"--koleo_loss_weight must be >= 0, got {args.koleo_loss_weight}")
-        if args.koleo_loss_weight and args.batch_size_per_gpu < 2:
-            raise ValueError("--koleo_loss_weight needs --batch_size_per_gpu >= 2 (a nearest neighbour per crop)")
+        check_koleo_args(args)
 
     def build_transform(self, args):
         if args.augmentation == "batched":  # crops made per batch on the device (build_batch_transform)
@@ -91,8 +84,4 @@ class DINO(DINOFamily):
         feats, student_output = student(images, return_backbone_feat=True)
         self.observe_teacher(teacher_output, epoch)
         dino = self.criterion(student_output, teacher_output, epoch)
-        if not self.koleo_loss_weight:
-            return dino, {}
-        # DINOv2's KoLeo term: on the student's backbone CLS tokens of each global crop
-        koleo = sum(self.koleo(f) for f in feats[:2 * images[0].shape[0]].chunk(2))
-        return dino + self.koleo_loss_weight * koleo, {"loss": dino.item(), "koleo_loss": koleo.item()}
+        return self.with_koleo(dino, {}, feats[:2 * images[0].shape[0]], 2)

@@ -20,13 +20,14 @@ from ..models import MultiCropWrapper, create_backbone
 from ..models.esvit_config import is_multistage
 from ..models.ibot_head import iBOTHead
 from ..objectives import iBOTLoss
-from .base import DINOFamily, check_self_distillation_args, register_method
+from .base import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args, register_method
 
 
 def add_ibot_args(parser: argparse.ArgumentParser) -> None:
     """main_ibot.py's flags that main_dino.py lacks, and its different defaults."""
     p = parser
-    p.add_argument("--window_size", default=7, type=int, help="Swin window size (ignored by ViTs)")
+    p.add_argument("--window_size", default=7, type=int,
+                   help="main_ibot.py's Swin window size: accepted for its command lines, unused (ViTs only here)")
     p.add_argument("--patch_out_dim", default=8192, type=int)
     p.add_argument("--shared_head", default=False, type=bool_flag)
     p.add_argument("--shared_head_teacher", default=True, type=bool_flag)
@@ -114,11 +115,16 @@ class iBOT(DINOFamily):
     @classmethod
     def add_args(cls, parser):
         add_ibot_args(parser)
+        add_koleo_args(parser)
 
     @classmethod
     def check_args(cls, args):
-        check_self_distillation_args(args, patch_rule=not is_multistage(args.arch))
+        if is_multistage(args.arch):  # the Swin / CvT / ViL backbones here have no mask token
+            raise ValueError(f"--method {args.method} masks ViT patch tokens: --arch {args.arch} takes no patch masks "
+                             "in ssvit (use a vit_* / deit_* arch, or --method esvit for Swin / CvT / ViL)")
+        check_self_distillation_args(args)
         check_ibot_args(args)
+        check_koleo_args(args)
 
     def numbered_checkpoint(self, epoch, saveckp_freq):
         return epoch > 0 and super().numbered_checkpoint(epoch, saveckp_freq)  # iBOT / SERE: not at epoch 0
@@ -132,10 +138,6 @@ class iBOT(DINOFamily):
             return path
         return super().resume_source(args, output_dir)
 
-    def mask_patch_size(self, args) -> int:
-        # iBOT masks Swin on its 32-px final-stage grid (patch_size * 8), ViTs on the patch grid
-        return getattr(self.student.backbone, "mask_patch_size", args.patch_size)
-
     def crop_transform(self, args):
         return DataAugmentationiBOT(args.global_crops_scale, args.local_crops_scale, args.global_crops_number,
                                     args.local_crops_number, args.global_crops_size, args.local_crops_size)
@@ -143,7 +145,7 @@ class iBOT(DINOFamily):
     def build_transform(self, args):
         gen = MaskGenerator(args.pred_ratio, args.pred_ratio_var, pred_aspect_ratio=(0.3, 1 / 0.3),
                             pred_shape=args.pred_shape, pred_start_epoch=args.pred_start_epoch)
-        return MaskedCrops(self.crop_transform(args), gen, self.mask_patch_size(args), args.global_crops_number)
+        return MaskedCrops(self.crop_transform(args), gen, args.patch_size, args.global_crops_number)
 
     @staticmethod
     def cls_agreement(teacher_cls: torch.Tensor, student_cls: torch.Tensor, ngcrops: int) -> float:
@@ -158,7 +160,7 @@ class iBOT(DINOFamily):
         crops, masks = batch
         G = self.global_crops_number
         teacher_output = self.teacher(crops[:G])
-        student_output = student(crops[:G], masks=masks[:G])
+        feats, student_output = student(crops[:G], masks=masks[:G], return_backbone_feat=True)
         # local crops: no masking (the original switches masked_im_modeling off for this call)
         student_local_cls = student(crops[G:])[0] if len(crops) > G else None
         self.observe_teacher(teacher_output[0], epoch)
@@ -166,4 +168,4 @@ class iBOT(DINOFamily):
         loss = all_loss.pop("loss")
         extra = {k: v.item() for k, v in all_loss.items()}
         extra["acc"] = self.cls_agreement(teacher_output[0], student_output[0], G)
-        return loss, extra
+        return self.with_koleo(loss, extra, feats[:, 0], G)  # KoLeo on the masked crops' CLS, as DINOv2

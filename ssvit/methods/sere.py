@@ -124,7 +124,8 @@ class iBOTSERE(SERETerms, iBOT):
         grid1, grid2 = batch["grid1"], batch["grid2"]
         L = len(crops) - 2
         t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
-        s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, masks=masks[:2], teacher=False)
+        feats, s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, masks=masks[:2], teacher=False,
+                                                    return_backbone_feat=True)
         s_local_cls = s_ch_local = s_px_local = None
         if L > 0:
             s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
@@ -138,7 +139,7 @@ class iBOTSERE(SERETerms, iBOT):
         extra = {"loss": ibot_loss.item(), **{k: v.item() for k, v in all_loss.items()},
                  "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item(),
                  "acc": self.cls_agreement(t_out[0], s_out[0], 2)}
-        return loss, extra
+        return self.with_koleo(loss, extra, feats[:, 0], 2)
 
 
 @register_method("dino_sere")
@@ -153,17 +154,11 @@ class DINOSERE(SERETerms, DINO):
 
     build_batch_transform = SSLMethod.build_batch_transform  # SERE's crops carry overlap grids: per image only
 
-    @classmethod
-    def check_args(cls, args):
-        super().check_args(args)
-        if args.koleo_loss_weight:  # its training_step is its own: DINO's KoLeo term is not in it
-            raise ValueError("--koleo_loss_weight is implemented for --method dino, not for --method dino_sere")
-
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
         L = len(crops) - 2
         t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
-        s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, teacher=False)
+        feats, s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, teacher=False, return_backbone_feat=True)
         s_ch_local = s_px_local = None
         if L > 0:
             s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
@@ -173,4 +168,5 @@ class DINOSERE(SERETerms, DINO):
         loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
                                                         (t_ch, t_px, t_px_global), L, batch)
         loss = self.combine(dino, loss_pixel, loss_channel)
-        return loss, {"loss": dino.item(), "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item()}
+        extra = {"loss": dino.item(), "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item()}
+        return self.with_koleo(loss, extra, feats, 2)
