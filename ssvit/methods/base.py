@@ -285,6 +285,16 @@ class DINOFamily(SSLMethod):
         extra = {"loss": loss.item(), **extra, "koleo_loss": koleo.item()}
         return loss + self.koleo_loss_weight * koleo, extra
 
+    def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Optional[dict]:
+        """Per-iteration schedules ``{'lr': array, 'wd': array, 'momentum': array or None}`` (length
+        ``epochs * niter_per_ep``) replacing the engine's DINO rule (cosine, lr x total batch / 256,
+        warm-up), or None to keep it."""
+        return None
+
+    def after_backward(self, epoch: int) -> None:
+        from ..utils.params import cancel_gradients_last_layer
+        cancel_gradients_last_layer(epoch, self.student, self.freeze_last_layer)
+
 
 def add_koleo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--koleo_loss_weight", default=0.0, type=float,
@@ -297,17 +307,6 @@ def check_koleo_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--koleo_loss_weight must be >= 0, got {args.koleo_loss_weight}")
     if args.koleo_loss_weight and args.batch_size_per_gpu < 2:
         raise ValueError("--koleo_loss_weight needs --batch_size_per_gpu >= 2 (a nearest neighbour per crop)")
-
-    def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Optional[dict]:
-        """Per-iteration schedules ``{'lr': array, 'wd': array, 'momentum': array or None}`` (length
-        ``epochs * niter_per_ep``) replacing the engine's DINO rule (cosine, lr x total batch / 256,
-        warm-up), or None to keep it."""
-        return None
-
-    def after_backward(self, epoch: int) -> None:
-        from ..utils.params import cancel_gradients_last_layer
-        cancel_gradients_last_layer(epoch, self.student, self.freeze_last_layer)
-
 
 def check_self_distillation_args(args: argparse.Namespace, patch_rule: bool = True) -> None:
     """Flags of the self-distillation methods: EMA momentum, teacher temperatures (a warm-up longer
