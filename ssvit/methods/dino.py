@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..data.batched_multicrop import BatchedMultiCrop, image_to_uint8_tensor
+from ..data.clean_view import BatchedWithCleanView, WithCleanView
 from ..data.transforms import DataAugmentationDINO
 from ..models import DINOHead, MultiCropWrapper, create_backbone
 from ..objectives import DINOLoss
@@ -40,6 +41,7 @@ class DINO(DINOFamily):
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
+        self.teacher_views = args.teacher_views
         self.criterion = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp,
                                   args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs,
                                   centering=args.centering)
@@ -57,6 +59,11 @@ class DINO(DINOFamily):
                             help="teacher targets: centering = DINO's softmax((t - EMA centre) / temp); "
                                  "sinkhorn_knopp = DINOv2's balanced assignment (3 Sinkhorn-Knopp iterations)")
         add_koleo_args(parser)
+        parser.add_argument("--teacher_views", default="crops", choices=["crops", "clean"],
+                            help="what the teacher sees: crops = DINO's 2 global crops; clean = the image as "
+                                 "evaluation sees it (resized and centre-cropped to --global_crops_size, no "
+                                 "augmentation), one teacher output standing for both global crops' targets "
+                                 "(an asymmetric teacher; --method dino only)")
 
     @classmethod
     def check_args(cls, args):
@@ -70,17 +77,27 @@ class DINO(DINOFamily):
     def build_transform(self, args):
         if args.augmentation == "batched":  # crops made per batch on the device (build_batch_transform)
             return image_to_uint8_tensor
-        return DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
-                                    args.global_crops_size, args.local_crops_size)
+        transform = DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                         args.global_crops_size, args.local_crops_size)
+        return WithCleanView(transform, args.global_crops_size) if args.teacher_views == "clean" else transform
 
     def build_batch_transform(self, args):
         if args.augmentation != "batched":
             return None
-        return BatchedMultiCrop(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
-                                args.global_crops_size, args.local_crops_size)
+        transform = BatchedMultiCrop(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                     args.global_crops_size, args.local_crops_size)
+        return BatchedWithCleanView(transform, args.global_crops_size) if args.teacher_views == "clean" else transform
+
+    def teacher_targets(self, images):
+        """(the teacher's output for the 2 global-crop slots of the loss, the student's crops)."""
+        if self.teacher_views == "clean":  # the transforms appended the clean view to the crops
+            *crops, clean = images
+            t = self.teacher(clean)
+            return torch.cat([t, t]), crops
+        return self.teacher(images[:2]), images  # only the 2 global views pass through the teacher
 
     def training_step(self, student, images, epoch, it=0, labels=None, index=None):
-        teacher_output = self.teacher(images[:2])  # only the 2 global views pass through the teacher
+        teacher_output, images = self.teacher_targets(images)
         feats, student_output = student(images, return_backbone_feat=True)
         self.observe_teacher(teacher_output, epoch)
         dino = self.criterion(student_output, teacher_output, epoch)

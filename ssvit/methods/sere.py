@@ -154,6 +154,12 @@ class DINOSERE(SERETerms, DINO):
 
     build_batch_transform = SSLMethod.build_batch_transform  # SERE's crops carry overlap grids: per image only
 
+    @classmethod
+    def check_args(cls, args):
+        super().check_args(args)
+        if args.teacher_views != "crops":  # SERE's relations align the teacher's and student's global crops
+            raise ValueError("--teacher_views clean is implemented for --method dino, not for --method dino_sere")
+
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
         L = len(crops) - 2
