@@ -308,6 +308,7 @@ def check_koleo_args(args: argparse.Namespace) -> None:
     if args.koleo_loss_weight and args.batch_size_per_gpu < 2:
         raise ValueError("--koleo_loss_weight needs --batch_size_per_gpu >= 2 (a nearest neighbour per crop)")
 
+
 def check_self_distillation_args(args: argparse.Namespace, patch_rule: bool = True) -> None:
     """Flags of the self-distillation methods: EMA momentum, teacher temperatures (a warm-up longer
     than the run is clamped, with a warning), and crops that
