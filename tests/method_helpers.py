@@ -20,6 +20,22 @@ def build_method(flags):
     return cls(args), args
 
 
+def transform_batch(m, args, n=6):
+    """A collated batch of ``m``'s own per-image transform (crops; iBOT masks; SERE overlap grids) on
+    ``n`` random 20-px RGB images, with the Python and torch seeds fixed first."""
+    import random
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch.utils.data import default_collate
+    random.seed(0)
+    torch.manual_seed(0)
+    tf = m.build_transform(args)
+    imgs = [Image.fromarray((np.random.RandomState(i).rand(20, 20, 3) * 255).astype(np.uint8)) for i in range(n)]
+    return default_collate([tf(im) for im in imgs])
+
+
 def train_on_fixed_batch(m, batch, steps, lr=1e-3, check_extra=None, epoch=None, labels=None):
     """AdamW steps + EMA (momentum 0.9) on one batch through the engine's step function (no
     clipping; ``epoch`` defaults to the first one past the last-layer freeze); returns the losses

@@ -109,17 +109,9 @@ def test_dino_method_centering_flag_reaches_the_loss():
 
 
 def _koleo_batch(method, m, args):
-    """A batch of ``method``'s own transform (iBOT masks, SERE overlap grids) on 6 random images."""
-    import random
-
-    import numpy as np
-    from PIL import Image
-    from torch.utils.data import default_collate
-    random.seed(0)
-    torch.manual_seed(0)
-    tf = m.build_transform(args)
-    imgs = [Image.fromarray((np.random.RandomState(i).rand(20, 20, 3) * 255).astype(np.uint8)) for i in range(6)]
-    batch = default_collate([tf(im) for im in imgs])
+    """(batch, crops, masks) of ``method``'s own transform (iBOT masks, SERE overlap grids)."""
+    from method_helpers import transform_batch
+    batch = transform_batch(m, args)
     if isinstance(batch, dict):
         return batch, batch["crops"], batch.get("masks")
     if method == "ibot":

@@ -11,7 +11,7 @@ from PIL import Image
 from main_pretrain import get_args_parser
 from ssvit.config import parse_with_config
 from ssvit.data.overlap import DataAugmentationOverlap, OverlapCropPipeline, get_grid
-from method_helpers import build_method, train_on_fixed_batch
+from method_helpers import build_method, train_on_fixed_batch, transform_batch
 from ssvit.models.sere import ChannelSERE, PixelSERE, align_relation, sampling
 from ssvit.objectives import ChannelSERELoss, PixelSERELoss
 
@@ -165,21 +165,12 @@ def build(method, extra=()):
     return build_method(["--method", method, *TINY, *extra])
 
 
-def _batch(m, args, B=6):
-    from torch.utils.data import default_collate
-    random.seed(0)
-    torch.manual_seed(0)
-    tf = m.build_transform(args)
-    imgs = [Image.fromarray((np.random.RandomState(i).rand(20, 20, 3) * 255).astype(np.uint8)) for i in range(B)]
-    return default_collate([tf(im) for im in imgs])
-
-
 @pytest.mark.parametrize("method,extra", [("ibot_sere", ["--patch_out_dim", "32", "--drop_path", "0"]),
                                           ("dino_sere", ["--drop_path_rate", "0"])])
 def test_sere_methods_reduce_the_loss_on_a_fixed_batch(method, extra):
     torch.manual_seed(0)
     m, args = build(method, extra)
-    batch = _batch(m, args)
+    batch = transform_batch(m, args)
     assert len(batch["crops"]) == 5 and len(batch["grid_local"]) == 6
 
     def check(extra_log):

@@ -118,6 +118,15 @@ def solarize(images: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
     return torch.where(sel & (images >= 128 / 255), 1.0 - images, images)
 
 
+def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, 1 or 3, H, W) in [0, 1] -> (N, 3, H, W) ``(x - mean) / std``, grey expanded to 3 channels."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
 class BatchedMultiCrop:
     """DINO multi-crop on a batch: ``images`` uint8 or float in [0, 1], (N, C, H, W) with C = 1 or 3
     -> ``[g1, g2, l_1, ..., l_L]``, each (N, 3, S, S) normalised float32, S = ``global_crops_size`` for
@@ -169,11 +178,7 @@ class BatchedMultiCrop:
         return gaussian_blur(x, sigma.to(torch.float32))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
+        return normalize_batch(x, self.mean, self.std)
 
     def crops(self, images: torch.Tensor, size: int, scale, blur_p: Sequence[float], solarize_p: Sequence[float],
               gen: torch.Generator) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 from torchvision import transforms
 from torchvision.transforms.v2 import functional as TF
 
+from .batched_multicrop import normalize_batch
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_transform
 
 
@@ -30,17 +31,13 @@ def clean_view_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
 
 def clean_view_batch(images: torch.Tensor, size: int, mean: Sequence[float] = IMAGENET_MEAN,
                      std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (N, 1 or 3, H, W) -> (N, 3, size, size) float32, the batched ``clean_view_transform``
-    (the same float ops as its normalisation: bit-identical when no resize is needed)."""
+    """uint8 (N, 1 or 3, H, W) -> (N, 3, size, size) float32, the batched ``clean_view_transform``,
+    normalised as the batched crops (the same float ops as the per-image normalisation:
+    bit-identical when no resize is needed)."""
     if images.shape[-2:] != (size, size):
         images = TF.center_crop(TF.resize(images, [size], interpolation=TF.InterpolationMode.BICUBIC,
                                           antialias=True), [size, size])
-    x = images.to(torch.float32).div_(255)
-    if x.shape[1] == 1 and len(mean) == 3:
-        x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return x.sub(m).div_(s).contiguous()
+    return normalize_batch(images.to(torch.float32).div_(255), mean, std)
 
 
 class WithCleanView:
