@@ -26,7 +26,7 @@ defaults, model, optimisation, checkpoint and printed lines), plus:
 Examples:
     python eval_linear.py --arch vit_small --patch_size 16 --pretrained_weights dino_deitsmall16_pretrain.pth \\
         --data_path /data/imagenet --output_dir runs/linear
-    python eval_linear.py --arch vit_pico --patch_size 7 --pretrained_weights runs/fashion_mnist_dino/checkpoint.pth \\
+    python eval_linear.py --arch vit_shallow --patch_size 7 --n_last_blocks 1 --pretrained_weights runs/fashion_mnist_dino/checkpoint.pth \\
         --dataset fashion_mnist --num_labels 10 --epochs 10 --cache_features true --output_dir runs/fm_linear
     python eval_linear.py --arch swin_tiny --cfg experiments/imagenet/swin/swin_tiny_patch4_window7_224.yaml \
         --pretrained_weights checkpoint_best.pth --n_last_blocks 4 --data_path /data/imagenet MODEL.NUM_CLASSES 0

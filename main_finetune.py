@@ -4,7 +4,7 @@
     python main_finetune.py --model vit_small --patch_size 16 --finetune dino_deitsmall16_pretrain.pth \\
         --data_path /data/imagenet --nb_classes 1000 --batch_size 64 --epochs 100 --blr 5e-4 --layer_decay 0.65 \\
         --output_dir runs/ft
-    python main_finetune.py --model vit_pico --patch_size 7 --input_size 28 --dataset fashion_mnist --nb_classes 10 \\
+    python main_finetune.py --model vit_shallow --patch_size 7 --input_size 28 --dataset fashion_mnist --nb_classes 10 \\
         --finetune runs/fashion_mnist_dino/checkpoint.pth --epochs 5 --output_dir runs/fm_ft
 
 MAE's flags and defaults (``--batch_size 64 --epochs 50 --accum_iter 1 --model --input_size 224

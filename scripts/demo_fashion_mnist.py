@@ -24,7 +24,7 @@ from main_pretrain import get_args_parser, run_as_command  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.evaluation import build_knn_datasets, knn_classifier  # noqa: E402
-from ssvit.evaluation.features import FEATURES, backbone_features  # noqa: E402
+from ssvit.evaluation.features import FEATURES, backbone_features, check_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
 
 
@@ -68,6 +68,8 @@ def main(argv=None) -> dict:
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest = ["--config", os.path.join(ROOT, "configs", "fashion_mnist_dino.yaml")] + rest
     args = parse_with_config(get_args_parser(rest), rest)
+    check_features(create_backbone(args.arch, patch_size=args.patch_size, img_size=args.global_crops_size),
+                   [known.knn_features])  # before pretraining, not after
 
     t0 = time.time()
     trainer = Trainer(args)

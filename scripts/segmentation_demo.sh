@@ -4,7 +4,7 @@
 # seconds per frame; pictures in runs/segmentation_demo/<row>/ipace/<run>/vis/.
 # Usage: scripts/segmentation_demo.sh [CHECKPOINT [ARCH [PATCH [SHORT_SIDE]]]] (default: the main job's DINO
 # teacher; ARCH and PATCH default to the arch / patch_size in the config.yaml beside the checkpoint, else
-# vit_pico/7; SHORT_SIDE, the DAVIS frames' resized short side, defaults to the multiple of PATCH nearest
+# vit_shallow/7; SHORT_SIDE, the DAVIS frames' resized short side, defaults to the multiple of PATCH nearest
 # 192 px: 189 px at patch 7, 27 x 37 patches, instead of the original 480 px's 60 x 80 at patch 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ py=.venv/bin/python
 [[ -f $ckpt ]] || { echo "checkpoint not found: $ckpt (run bash scripts/run_default.sh first)" >&2; exit 2; }
 cfg=$(dirname "$ckpt")/config.yaml
 cfg_value() { if [[ -f $cfg ]]; then sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$cfg" | head -1; fi; }
-arch=${2:-$(cfg_value arch)}; arch=${arch:-vit_pico}
+arch=${2:-$(cfg_value arch)}; arch=${arch:-vit_shallow}
 patch=${3:-$(cfg_value patch_size)}; patch=${patch:-7}
 [[ $patch =~ ^[1-9][0-9]*$ ]] || { echo "patch size must be a positive integer, got '$patch'" >&2; exit 2; }
 short=${4:-$((patch * ((192 + patch / 2) / patch)))}

@@ -57,10 +57,13 @@ def test_demo_results_match_generic_knn_path(tmp_path):
                  for d in (train_ds, test_ds)]
         return knn_classifier(f[0], ytr, f[1], yte, 5, 0.07)[0]
 
-    teacher = create_backbone("vit_pico", patch_size=7, img_size=28)  # the default config's patch
-    load_pretrained_weights(teacher, str(out / "checkpoint.pth"), "teacher", "vit_pico")
+    import yaml
+    cfg = yaml.safe_load((out / "config.yaml").read_text())  # the default config's arch and patch
+    assert (cfg["arch"], cfg["patch_size"]) == ("vit_shallow", 7)
+    teacher = create_backbone(cfg["arch"], patch_size=7, img_size=28)
+    load_pretrained_weights(teacher, str(out / "checkpoint.pth"), "teacher", cfg["arch"])
     torch.manual_seed(0)  # the demo seeds the random-init ViT with --seed (default 0)
-    random_vit = create_backbone("vit_pico", patch_size=7, img_size=28)
+    random_vit = create_backbone(cfg["arch"], patch_size=7, img_size=28)
     pix = knn_classifier(raw_pixel_features(train_ds), ytr, raw_pixel_features(test_ds), yte, 5, 0.07)[0]
     expected = {"dino_teacher": top1(teacher), "random_init": top1(random_vit), "raw_pixels": pix}
     for k, v in expected.items():
@@ -101,3 +104,20 @@ def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
     assert lines == ["error: --global_crops_size (32) must be a multiple of --patch_size (7): the patch embedding "
                      "would drop the remaining pixels"], proc.stderr[-2000:]
     assert not (tmp_path / "demo" / "results.json").exists()
+
+
+def test_a_feature_that_reads_more_blocks_than_the_model_has_is_refused_before_pretraining(tmp_path):
+    import pytest
+
+    import demo_fashion_mnist as demo
+    from ssvit.evaluation.features import backbone_features
+    from ssvit.models import create_backbone
+    one_block = create_backbone("vit_shallow", patch_size=7, img_size=14).eval()
+    x = torch.randn(2, 3, 14, 14)
+    with pytest.raises(ValueError, match="^feature 'last4_cls' reads the last 4 blocks; the model has 1$"):
+        backbone_features(one_block, x, ["cls", "last4_cls"])
+    assert backbone_features(one_block, x, ["cls_avgpool"])["cls_avgpool"].shape == (2, 512)
+    with pytest.raises(ValueError, match="^feature 'last4_cls' reads the last 4 blocks; the model has 1$"):
+        demo.main(["--dataset", "synthetic", "--synthetic_size", "16", "--arch", "vit_shallow",
+                   "--knn_features", "last4_cls", "--output_dir", str(tmp_path / "demo")])
+    assert not (tmp_path / "demo" / "checkpoint.pth").exists()  # refused before any pretraining

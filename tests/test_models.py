@@ -29,6 +29,16 @@ def test_vit_layout_matches_original(arch, dim, params):
     assert m.norm.eps == 1e-6
 
 
+def test_vit_shallow_is_one_wide_block():
+    """The default job's backbone: D=256, 1 block, 8 heads, MLP 1x; parameters counted by hand at 28 px."""
+    m = create_backbone("vit_shallow", img_size=28)
+    sd = m.state_dict()
+    assert m.patch_embed.proj.kernel_size == (7, 7) and len(m.blocks) == 1 and m.blocks[0].attn.num_heads == 8
+    assert sd["pos_embed"].shape == (1, 17, 256) and sd["blocks.0.mlp.fc1.weight"].shape == (256, 256)
+    block = 2 * 512 + (256 * 768 + 768) + (256 * 256 + 256) + (256 * 256 + 256) + (256 * 256 + 256)
+    assert sum(p.numel() for p in m.parameters()) == (3 * 49 * 256 + 256) + 256 + 17 * 256 + block + 512
+
+
 def test_patch8_layout():
     sd = create_backbone("vit_small", patch_size=8).state_dict()
     assert sd["pos_embed"].shape == (1, 785, 384) and sd["patch_embed.proj.weight"].shape == (384, 3, 8, 8)

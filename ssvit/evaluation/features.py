@@ -25,11 +25,21 @@ FEATURES: dict[str, tuple[int, Callable[[list[torch.Tensor], int], torch.Tensor]
 }
 
 
-def backbone_features(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = ("cls",)) -> dict[str, torch.Tensor]:
-    """``{kind: (B, F)}`` for each of ``kinds`` of ``images`` (B, C, H, W), from one forward pass."""
+def check_features(model: nn.Module, kinds: Sequence[str]) -> None:
+    """``ValueError`` (one line) for an unknown feature, or one that reads more blocks than ``model`` has
+    (``last4_cls`` of a one-block ViT would silently be its ``cls``)."""
     unknown = [k for k in kinds if k not in FEATURES]
     if unknown:
         raise ValueError(f"unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
+    depth = len(getattr(model, "blocks", ()))
+    for k in kinds:
+        if depth and FEATURES[k][0] > depth:
+            raise ValueError(f"feature '{k}' reads the last {FEATURES[k][0]} blocks; the model has {depth}")
+
+
+def backbone_features(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = ("cls",)) -> dict[str, torch.Tensor]:
+    """``{kind: (B, F)}`` for each of ``kinds`` of ``images`` (B, C, H, W), from one forward pass."""
+    check_features(model, kinds)
     if list(kinds) == ["cls"]:
         return {"cls": model(images)}
     blocks = model.get_intermediate_layers(images, max(FEATURES[k][0] for k in kinds))
