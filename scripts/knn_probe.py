@@ -24,7 +24,7 @@ from ssvit.data import build_dataset  # noqa: E402
 from ssvit.data.transforms import normalize_transform  # noqa: E402
 from ssvit.engine.checkpoint import load_pretrained_weights  # noqa: E402
 from ssvit.evaluation import knn_classifier  # noqa: E402
-from ssvit.evaluation.features import FEATURES, backbone_features  # noqa: E402
+from ssvit.evaluation.features import FEATURES, backbone_features, check_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
 
 
@@ -47,6 +47,7 @@ def main(argv=None) -> dict:
         kwargs.update(backbone_kwargs_from_cfg(args.arch, load_esvit_config(args.cfg)))
     else:
         kwargs["patch_size"] = args.patch_size
+    check_features(create_backbone(args.arch, **kwargs), args.features)  # before any data is read
     tf = normalize_transform()
     splits = {}
     for name, train, n in (("train", True, args.train_images), ("test", False, args.test_images)):
@@ -80,4 +81,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # an unknown arch, a feature the model cannot give: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

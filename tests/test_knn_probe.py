@@ -62,3 +62,12 @@ def test_default_job_sweep_script_writes_one_row_per_probe(tmp_path):
     import yaml
     cfg = yaml.safe_load((tmp_path / "sweep" / "bn" / "config.yaml").read_text())
     assert cfg["use_bn_in_head"] is True and cfg["batch_size_per_gpu"] == 8
+
+
+def test_a_feature_the_model_cannot_give_is_one_line_and_exit_2():
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), "no_such.pth", "--arch",
+                           "vit_shallow", "--patch_size", "7", "--features", "cls", "last4_cls"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["error: feature 'last4_cls' reads the last 4 blocks; the model has 1"]
