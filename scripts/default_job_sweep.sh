@@ -8,7 +8,8 @@
 # warm-up and the cosine lr / teacher-momentum schedules in one epoch, where ITERS > 0 stops the
 # config's 5-epoch schedule early). Without NAME=FLAGS it runs the list below.
 # One row per probe is appended to $OUT/results.md:
-# name | iterations | pretraining seconds | 20-NN top-1 of the teacher for cls / cls_avgpool / last4_cls | flags.
+# name | iterations | pretraining seconds | 20-NN top-1 of the teacher for each of $FEATURES, '/'-separated | flags.
+# FEATURES defaults to "cls cls_avgpool" (add last4_cls for backbones of four blocks or more).
 # Runs are sequential (2 cores: parallel runs would only share them). OUT defaults to runs/sweep;
 # PROBE_TRAIN / PROBE_TEST (default 60000 / 10000) shrink the k-NN splits for a quick check.
 set -euo pipefail
@@ -32,7 +33,7 @@ for spec in "$@"; do
   secs=$((SECONDS - t0))
   arch=$(sed -n 's/^arch: *//p' "$dir/config.yaml"); patch=$(sed -n 's/^patch_size: *//p' "$dir/config.yaml")
   probe=$("$PY" scripts/knn_probe.py "$dir/checkpoint.pth" --arch "$arch" --patch_size "$patch" \
-          --train_images "${PROBE_TRAIN:-60000}" --test_images "${PROBE_TEST:-10000}" --features cls cls_avgpool last4_cls --skip_baselines 2>/dev/null \
+          --train_images "${PROBE_TRAIN:-60000}" --test_images "${PROBE_TEST:-10000}" --features ${FEATURES:-cls cls_avgpool} --skip_baselines 2>/dev/null \
           | sed -n 's/^trained\/\([a-z0-9_]*\): 20-NN top-1 \(.*\)$/\2/p' | paste -sd/ -)
   row="| $name | $ITERS | $secs | $probe | \`$flags\` |"
   echo "$row" | tee -a "$OUT/results.md"

@@ -57,7 +57,7 @@ def test_default_job_sweep_script_writes_one_row_per_probe(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "2" and int(cells[2]) >= 0
         top1 = [float(v) for v in cells[3].split("/")]
-        assert len(top1) == 3 and all(0 <= v <= 100 for v in top1)
+        assert len(top1) == 2 and all(0 <= v <= 100 for v in top1)  # cls / cls_avgpool
     assert rows[1].endswith("| `--use_bn_in_head true --batch_size_per_gpu 8` |")
     import yaml
     cfg = yaml.safe_load((tmp_path / "sweep" / "bn" / "config.yaml").read_text())
