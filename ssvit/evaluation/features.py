@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .linear import num_blocks
+
 # name -> (how many last blocks it reads, feature of those blocks' normed tokens and the prefix-token count)
 FEATURES: dict[str, tuple[int, Callable[[list[torch.Tensor], int], torch.Tensor]]] = {
     "cls": (1, lambda blocks, p: blocks[-1][:, 0]),
@@ -31,9 +33,9 @@ def check_features(model: nn.Module, kinds: Sequence[str]) -> None:
     unknown = [k for k in kinds if k not in FEATURES]
     if unknown:
         raise ValueError(f"unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
-    depth = len(getattr(model, "blocks", ()))
+    depth = num_blocks(model)
     for k in kinds:
-        if depth and FEATURES[k][0] > depth:
+        if depth is not None and FEATURES[k][0] > depth:
             raise ValueError(f"feature '{k}' reads the last {FEATURES[k][0]} blocks; the model has {depth}")
 
 

@@ -58,4 +58,3 @@ def vit_shallow(patch_size: int = 7, **kwargs):
     eighth session)."""
     kwargs.setdefault("mlp_ratio", 1)
     return _vit(256, 1, 8, patch_size, **kwargs)
-
