@@ -7,7 +7,10 @@ weighted k-NN (T = 0.07) as ``eval_knn.py``, for each of ``--features`` (``ssvit
 one forward pass per model serves all of them). ``--train_images 60000 --test_images 10000`` is
 the default job's full evaluation. For other datasets use ``eval_knn.py``.
 
-Example: python scripts/knn_probe.py runs/x/checkpoint.pth --arch vit_pico --patch_size 7 --features cls cls_avgpool
+``--arch`` / ``--patch_size`` / ``--cfg`` default to what the checkpoint's run recorded (ssvit and DINO
+checkpoints keep their ``args``); give them for a file that does not record them.
+
+Example: python scripts/knn_probe.py runs/fashion_mnist_dino/checkpoint.pth --features cls cls_avgpool
 """
 from __future__ import annotations
 
@@ -20,32 +23,53 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ssvit.cli import exit_status  # noqa: E402
 from ssvit.data import build_dataset  # noqa: E402
 from ssvit.data.transforms import normalize_transform  # noqa: E402
-from ssvit.engine.checkpoint import load_pretrained_weights  # noqa: E402
+from ssvit.engine.checkpoint import load_checkpoint, load_pretrained_weights  # noqa: E402
 from ssvit.evaluation import knn_classifier  # noqa: E402
 from ssvit.evaluation.features import FEATURES, backbone_features, check_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
+from ssvit.utils.checkpoint import CheckpointError  # noqa: E402
+
+
+def recorded_model(path: str) -> dict:
+    """``arch`` / ``patch_size`` / ``cfg`` of the run that wrote the checkpoint (its ``args``), as far as
+    recorded; a missing or unreadable file raises ``CheckpointError``."""
+    ckpt = load_checkpoint(path)
+    run = ckpt.get("args") if isinstance(ckpt, dict) else None
+    run = vars(run) if isinstance(run, argparse.Namespace) else run if isinstance(run, dict) else {}
+    return {k: run[k] for k in ("arch", "patch_size", "cfg") if run.get(k)}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
-    p.add_argument("--arch", default="vit_pico")
-    p.add_argument("--patch_size", type=int, default=4)
+    p.add_argument("--arch", default=None, help="default: the checkpoint's recorded arch")
+    p.add_argument("--patch_size", type=int, default=None,
+                   help="default: the checkpoint's recorded patch size, else the arch's own")
     p.add_argument("--checkpoint_key", default="teacher")
     p.add_argument("--train_images", type=int, default=10000)
     p.add_argument("--test_images", type=int, default=2000)
     p.add_argument("--nb_knn", type=int, default=20)
-    p.add_argument("--cfg", default=None, help="EsViT YAML model config (Swin / CvT / ViL archs)")
+    p.add_argument("--cfg", default=None, help="EsViT YAML model config (Swin / CvT / ViL archs; default: the "
+                                                "checkpoint's recorded one when --arch is not given)")
     p.add_argument("--features", nargs="+", default=["cls"], choices=list(FEATURES))
     p.add_argument("--skip_baselines", action="store_true", help="the trained model only (no random init, no pixels)")
     args = p.parse_args(argv)
+    if args.arch is None or args.patch_size is None:  # read before any data is, like the checks below
+        recorded = recorded_model(args.checkpoint)
+        if args.arch is None:
+            if "arch" not in recorded:
+                raise ValueError(f"'{args.checkpoint}' does not record its architecture: give --arch")
+            args.arch, args.cfg = recorded["arch"], args.cfg or recorded.get("cfg")
+        if args.patch_size is None and recorded.get("arch") == args.arch:
+            args.patch_size = recorded.get("patch_size")
     kwargs = dict(img_size=28)
     if args.cfg:
         from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
         kwargs.update(backbone_kwargs_from_cfg(args.arch, load_esvit_config(args.cfg)))
-    else:
+    elif args.patch_size is not None:  # else the factory's own default
         kwargs["patch_size"] = args.patch_size
     check_features(create_backbone(args.arch, **kwargs), args.features)  # before any data is read
     tf = normalize_transform()
@@ -81,8 +105,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as e:  # an unknown arch, a feature the model cannot give: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # an unknown arch, a feature the model cannot give, a missing or mismatched checkpoint: one line, exit 2
+    sys.exit(exit_status(main, (ValueError, CheckpointError)))

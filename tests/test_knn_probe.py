@@ -25,7 +25,8 @@ def test_probe_features_equal_an_independent_computation(tmp_path):
     other = create_backbone("vit_pico", patch_size=4, img_size=28).eval()
     for name, model in (("same", same_as_random), ("other", other)):
         torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / f"{name}.pth")
-    flags = ["--train_images", "60", "--test_images", "25", "--nb_knn", "5", "--features", "cls", "cls_avgpool"]
+    flags = ["--arch", "vit_pico", "--patch_size", "4", "--train_images", "60", "--test_images", "25", "--nb_knn", "5",
+             "--features", "cls", "cls_avgpool"]
     res = knn_probe.main([str(tmp_path / "same.pth"), *flags])
     # the seed-0 model saved as the teacher is the probe's random-init model: identical rows
     assert res["trained/cls"] == res["random_init/cls"] and res["trained/cls_avgpool"] == res["random_init/cls_avgpool"]
@@ -71,3 +72,41 @@ def test_a_feature_the_model_cannot_give_is_one_line_and_exit_2():
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == ["error: feature 'last4_cls' reads the last 4 blocks; the model has 1"]
+
+
+def test_arch_and_patch_size_default_to_what_the_checkpoint_recorded(tmp_path):
+    import argparse
+
+    import knn_probe
+    from ssvit.models import create_backbone
+    torch.manual_seed(3)
+    model = create_backbone("vit_shallow", patch_size=7, img_size=28)
+    teacher = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+    # a run's checkpoint keeps its args (a Namespace, as DINO's); patch 7 is also vit_shallow's own default,
+    # so the recorded patch size is checked with a run that trained vit_shallow at patch 14
+    torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_shallow", patch_size=7, lr=0.1)},
+               tmp_path / "run.pth")
+    assert knn_probe.recorded_model(str(tmp_path / "run.pth")) == {"arch": "vit_shallow", "patch_size": 7}
+    flags = ["--train_images", "40", "--test_images", "20", "--nb_knn", "5", "--skip_baselines"]
+    recorded = knn_probe.main([str(tmp_path / "run.pth"), *flags])
+    explicit = knn_probe.main([str(tmp_path / "run.pth"), "--arch", "vit_shallow", "--patch_size", "7", *flags])
+    assert recorded == explicit and set(recorded) == {"trained"}
+    torch.manual_seed(3)
+    p14 = create_backbone("vit_shallow", patch_size=14, img_size=28)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in p14.state_dict().items()},
+                "args": {"arch": "vit_shallow", "patch_size": 14}}, tmp_path / "p14.pth")
+    assert knn_probe.main([str(tmp_path / "p14.pth"), *flags]) == \
+        knn_probe.main([str(tmp_path / "p14.pth"), "--arch", "vit_shallow", "--patch_size", "14", *flags])
+    # an explicit --arch with no recorded run: the arch's own default patch size (7 for vit_shallow)
+    torch.save({"teacher": teacher}, tmp_path / "bare.pth")
+    assert knn_probe.main([str(tmp_path / "bare.pth"), "--arch", "vit_shallow", *flags]) == explicit
+    with pytest.raises(ValueError, match="does not record its architecture: give --arch"):
+        knn_probe.main([str(tmp_path / "bare.pth"), *flags])
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_2_before_any_data_is_read(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), str(tmp_path / "none.pth")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'none.pth'}' does not exist"]
