@@ -105,5 +105,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    # an unknown arch, a feature the model cannot give, a missing or mismatched checkpoint: one line, exit 2
+    # an unknown arch, a feature the model cannot give, a missing checkpoint: one line, exit 2 (a checkpoint
+    # that does not fit the arch: its mismatch list, no traceback)
     sys.exit(exit_status(main, (ValueError, CheckpointError)))
