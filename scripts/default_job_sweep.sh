@@ -31,8 +31,8 @@ for spec in "$@"; do
   "$PY" main_pretrain.py --config configs/fashion_mnist_dino.yaml --max_iters "$ITERS" --tensorboard false \
     --output_dir "$dir" $flags > "$dir.log" 2>&1
   secs=$((SECONDS - t0))
-  arch=$(sed -n 's/^arch: *//p' "$dir/config.yaml"); patch=$(sed -n 's/^patch_size: *//p' "$dir/config.yaml")
-  probe=$("$PY" scripts/knn_probe.py "$dir/checkpoint.pth" --arch "$arch" --patch_size "$patch" \
+  # knn_probe reads the arch and patch size the run recorded in its checkpoint
+  probe=$("$PY" scripts/knn_probe.py "$dir/checkpoint.pth" \
           --train_images "${PROBE_TRAIN:-60000}" --test_images "${PROBE_TEST:-10000}" --features ${FEATURES:-cls cls_avgpool} --skip_baselines 2>/dev/null \
           | sed -n 's/^trained\/\([a-z0-9_]*\): 20-NN top-1 \(.*\)$/\2/p' | paste -sd/ -)
   row="| $name | $ITERS | $secs | $probe | \`$flags\` |"
