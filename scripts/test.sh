@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite (what CI runs): set-up, then every test on CPU.
-# Tests run in parallel worker processes (pytest-xdist), one per core up to 4: most of the suite is
-# process start-up and single-threaded Python, so two workers on two cores take about 0.7x the serial
-# time. Extra arguments go to pytest (e.g. -k NAME, or -n 0 for one process).
+# Tests run in parallel worker processes (pytest-xdist), one per core up to 4: two workers on two cores
+# took 0.72x the serial time (BENCHMARKS.md, "Test suite"). Extra arguments go to pytest (e.g. -k NAME,
+# or -n 0 for one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
