@@ -55,6 +55,7 @@ def vit_shallow(patch_size: int = 7, **kwargs):
     At equal CPU time on 28 px images (patch 7: 4x4 tokens) width buys better k-NN features than depth:
     one-epoch DINO probes rank it 2.9 points above vit_pico (96 x 4 blocks) at a cheaper step; five epochs
     give 85.28 / 85.08 / 84.29 at seeds 0 / 1 / 2 against 85.16 for raw pixels (BENCHMARKS.md, 2026-12-06,
-    eighth session)."""
+    eighth session); six, the job's schedule since the tenth session, 85.26 / 85.30 / 84.69 / 85.37 at
+    seeds 0-3."""
     kwargs.setdefault("mlp_ratio", 1)
     return _vit(256, 1, 8, patch_size, **kwargs)
