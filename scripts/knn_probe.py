@@ -26,18 +26,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.data import build_dataset  # noqa: E402
 from ssvit.data.transforms import normalize_transform  # noqa: E402
-from ssvit.engine.checkpoint import load_checkpoint, load_pretrained_weights  # noqa: E402
+from ssvit.models.loading import load_backbone_state, pretrained_state_of  # noqa: E402
 from ssvit.evaluation import knn_classifier  # noqa: E402
 from ssvit.evaluation.features import FEATURES, backbone_features, check_features  # noqa: E402
 from ssvit.models import create_backbone  # noqa: E402
-from ssvit.utils.checkpoint import CheckpointError  # noqa: E402
+from ssvit.utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 
-def recorded_model(path: str) -> dict:
-    """``arch`` / ``patch_size`` / ``cfg`` of the run that wrote the checkpoint (its ``args``), as far as
-    recorded; a missing or unreadable file raises ``CheckpointError``."""
-    ckpt = load_checkpoint(path)
-    run = ckpt.get("args") if isinstance(ckpt, dict) else None
+def recorded_model(ckpt: dict) -> dict:
+    """``arch`` / ``patch_size`` / ``cfg`` of the run that wrote the checkpoint ``ckpt`` (its ``args``), as
+    far as recorded."""
+    run = ckpt.get("args")
     run = vars(run) if isinstance(run, argparse.Namespace) else run if isinstance(run, dict) else {}
     return {k: run[k] for k in ("arch", "patch_size", "cfg") if run.get(k)}
 
@@ -57,14 +56,19 @@ def main(argv=None) -> dict:
     p.add_argument("--features", nargs="+", default=["cls"], choices=list(FEATURES))
     p.add_argument("--skip_baselines", action="store_true", help="the trained model only (no random init, no pixels)")
     args = p.parse_args(argv)
-    if args.arch is None or args.patch_size is None:  # read before any data is, like the checks below
-        recorded = recorded_model(args.checkpoint)
+    # the file is read once, before any data is (like the checks below): a missing or unreadable file,
+    # or one without --checkpoint_key, raises CheckpointError here
+    ckpt = load_checkpoint(args.checkpoint)
+    trained_state = pretrained_state_of(ckpt, args.checkpoint_key, args.checkpoint)
+    if args.arch is None or args.patch_size is None:
+        recorded = recorded_model(ckpt)
         if args.arch is None:
             if "arch" not in recorded:
                 raise ValueError(f"'{args.checkpoint}' does not record its architecture: give --arch")
             args.arch, args.cfg = recorded["arch"], args.cfg or recorded.get("cfg")
         if args.patch_size is None and recorded.get("arch") == args.arch:
             args.patch_size = recorded.get("patch_size")
+    del ckpt  # the backbone's state is all that is kept while the data are read
     kwargs = dict(img_size=28)
     if args.cfg:
         from ssvit.models.esvit_config import backbone_kwargs_from_cfg, load_esvit_config
@@ -87,7 +91,8 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         model = create_backbone(args.arch, **kwargs).eval()
         if name == "trained":
-            load_pretrained_weights(model, args.checkpoint, args.checkpoint_key, args.arch)
+            load_backbone_state(model, trained_state, args.arch)
+            print(f"Pretrained weights found at {args.checkpoint} and loaded with key '{args.checkpoint_key}'")
         with torch.inference_mode():
             feats = {split: {kind: [] for kind in args.features} for split in splits}
             for split, (x, _) in splits.items():

@@ -65,9 +65,12 @@ def test_default_job_sweep_script_writes_one_row_per_probe(tmp_path):
     assert cfg["use_bn_in_head"] is True and cfg["batch_size_per_gpu"] == 8
 
 
-def test_a_feature_the_model_cannot_give_is_one_line_and_exit_2():
+def test_a_feature_the_model_cannot_give_is_one_line_and_exit_2(tmp_path):
     import subprocess
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), "no_such.pth", "--arch",
+    from ssvit.models import create_backbone
+    model = create_backbone("vit_shallow", patch_size=7, img_size=28)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "run.pth")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), str(tmp_path / "run.pth"), "--arch",
                            "vit_shallow", "--patch_size", "7", "--features", "cls", "last4_cls"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -86,7 +89,8 @@ def test_arch_and_patch_size_default_to_what_the_checkpoint_recorded(tmp_path):
     # so the recorded patch size is checked with a run that trained vit_shallow at patch 14
     torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_shallow", patch_size=7, lr=0.1)},
                tmp_path / "run.pth")
-    assert knn_probe.recorded_model(str(tmp_path / "run.pth")) == {"arch": "vit_shallow", "patch_size": 7}
+    from ssvit.utils.checkpoint import load_checkpoint
+    assert knn_probe.recorded_model(load_checkpoint(str(tmp_path / "run.pth"))) == {"arch": "vit_shallow", "patch_size": 7}
     flags = ["--train_images", "40", "--test_images", "20", "--nb_knn", "5", "--skip_baselines"]
     recorded = knn_probe.main([str(tmp_path / "run.pth"), *flags])
     explicit = knn_probe.main([str(tmp_path / "run.pth"), "--arch", "vit_shallow", "--patch_size", "7", *flags])
@@ -110,3 +114,26 @@ def test_a_missing_checkpoint_is_one_line_and_exit_2_before_any_data_is_read(tmp
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'none.pth'}' does not exist"]
+
+
+def test_the_checkpoint_is_read_once_and_before_any_data(tmp_path, monkeypatch):
+    import knn_probe
+    from ssvit.models import create_backbone
+    from ssvit.utils.checkpoint import CheckpointError, load_checkpoint
+    model = create_backbone("vit_pico", patch_size=4, img_size=28)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "run.pth")
+    explicit = ["--arch", "vit_pico", "--patch_size", "4", "--skip_baselines"]
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were read before the checkpoint was")
+    with monkeypatch.context() as m:  # flags given: the file is still read before the data
+        m.setattr(knn_probe, "build_dataset", no_data)
+        with pytest.raises(CheckpointError, match="does not exist"):
+            knn_probe.main([str(tmp_path / "none.pth"), *explicit])
+        with pytest.raises(CheckpointError, match="no state dict found under key 'other'"):
+            knn_probe.main([str(tmp_path / "run.pth"), "--checkpoint_key", "other", *explicit])
+    reads = []
+    monkeypatch.setattr(knn_probe, "load_checkpoint", lambda path: reads.append(path) or load_checkpoint(path))
+    res = knn_probe.main([str(tmp_path / "run.pth"), "--train_images", "30", "--test_images", "10", "--nb_knn", "5",
+                          *explicit])
+    assert reads == [str(tmp_path / "run.pth")] and set(res) == {"trained"}

@@ -66,7 +66,12 @@ def read_pretrained_state(path: str, checkpoint_key: Optional[str] = "teacher") 
     if not path:
         raise CheckpointError("--pretrained_weights is required: ssvit does not download weights "
                               "(give a local DINO/iBOT/EsViT/ssvit checkpoint file)")
-    ckpt = load_checkpoint(path)
+    return pretrained_state_of(load_checkpoint(path), checkpoint_key, path)
+
+
+def pretrained_state_of(ckpt: Any, checkpoint_key: Optional[str], path: str) -> dict:
+    """``read_pretrained_state`` of a checkpoint already read from ``path`` (for callers that also need
+    its other entries, e.g. the run's ``args``)."""
     if isinstance(ckpt, dict) and "pytorch-lightning_version" in ckpt:  # e.g. RelViT's .ckpt files
         warnings.warn(f"'{path}' is a Lightning checkpoint: if it was trained without positional embeddings (the "
                       "published RelViT upstream scripts), its pos_embed is untrained")
