@@ -29,7 +29,9 @@ from ssvit.cli import exit_status
 from ssvit.config import bool_flag
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.engine.checkpoint import CheckpointError, save_atomic
-from ssvit.engine.distributed import DeviceError, barrier, init_distributed
+from ssvit.utils.distributed import DEFAULT_TIMEOUT_MINUTES
+from ssvit.engine.distributed import DeviceError, init_distributed
+from ssvit.utils.shutdown import finish
 from ssvit.evaluation.knn import build_eval_backbone, build_knn_datasets, extract_features, knn_classifier
 
 FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")
@@ -59,6 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", default=10, type=int, help="Number of data loading workers per GPU.")
     p.add_argument("--dist_url", default="env://", type=str,
                    help="url used to set up distributed training; see https://pytorch.org/docs/stable/distributed.html")
+    p.add_argument("--dist_timeout", default=DEFAULT_TIMEOUT_MINUTES, type=float,
+                   help="minutes a collective may wait for the other ranks before the job fails (also the rendezvous); torch's own defaults are 10 (NCCL) and 30 (Gloo)")
     p.add_argument("--local_rank", "--local-rank", default=0, type=int,
                    help="Please ignore and do not set this argument.")
     p.add_argument("--data_path", default="/path/to/imagenet/", type=str)
@@ -168,7 +172,7 @@ def run(args) -> dict:
     # its advice against out-of-memory); the backbone extracts on the GPU whenever there is one
     if args.knn_chunk_size < 1:
         raise UsageError(f"--knn_chunk_size must be >= 1, got {args.knn_chunk_size}")
-    info = init_distributed("auto", args.dist_url)
+    info = init_distributed("auto", args.dist_url, args.dist_timeout)
     device = info.device
     want_cuda = bool(args.use_cuda) and device.type == "cuda"
     if args.use_cuda and not want_cuda:
@@ -180,6 +184,9 @@ def run(args) -> dict:
     else:
         train_features, test_features, train_labels, test_labels = extract_feature_pipeline(args, device)
     extract_s = time.perf_counter() - t0
+    # the k-NN runs on rank 0 alone, with no collective: the ranks end their process group here, so
+    # that none waits in a barrier (or past --dist_timeout) while rank 0 classifies
+    finish()
 
     results: dict = {}
     if info.is_main:
@@ -204,7 +211,6 @@ def run(args) -> dict:
                 torch.cuda.synchronize(knn_device)
             print(f"{k}-NN classifier result: Top1: {top1}, Top5: {top5} ({time.perf_counter() - t1:.2f} s)")
             results[k] = (top1, top5)
-    barrier()
     return results
 
 

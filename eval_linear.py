@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ssvit.cli import exit_status
 from ssvit.config import bool_flag
 from ssvit.data.datasets import DATASETS, DataError
+from ssvit.utils.distributed import DEFAULT_TIMEOUT_MINUTES
 from ssvit.engine.distributed import DeviceError, init_distributed
 from ssvit.evaluation.linear import (PROTOCOLS, ClassifierBank, LinearClassifier, LinearFeatures, RawPixels,
                                      build_head_optimizer, cache_features, classifier_heads, default_protocol,
@@ -78,6 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         with the batch size, and specified here for a reference batch size of 256.""")
     p.add_argument("--batch_size_per_gpu", default=128, type=int, help="Per-GPU batch-size")
     p.add_argument("--dist_url", default="env://", type=str, help="url used to set up distributed training")
+    p.add_argument("--dist_timeout", default=DEFAULT_TIMEOUT_MINUTES, type=float,
+                   help="minutes a collective may wait for the other ranks before the job fails (also the rendezvous); torch's own defaults are 10 (NCCL) and 30 (Gloo)")
     p.add_argument("--local_rank", "--local-rank", default=0, type=int, help="Please ignore and do not set this argument.")
     p.add_argument("--data_path", default="/path/to/imagenet/", type=str)
     p.add_argument("--num_workers", default=10, type=int, help="Number of data loading workers per GPU.")
@@ -185,7 +188,7 @@ def check_args(args) -> None:
 
 def run_one(args) -> dict:
     check_args(args)
-    info = init_distributed(args.device, args.dist_url)
+    info = init_distributed(args.device, args.dist_url, args.dist_timeout)
     device = info.device
     torch.manual_seed(args.seed)
     model = build_frozen_model(args, device)

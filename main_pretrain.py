@@ -42,11 +42,7 @@ def run_as_command(fn) -> int:
     the checkpoint folder, the device) a one-line ``error:`` and 2; a diverged run a one-line error
     and 1, as the originals on a non-finite loss."""
     from ssvit.engine.pretrain import TrainingDiverged
-    try:
-        return exit_status(fn, (DataError, CheckpointError, DeviceError, ValueError, OSError))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return exit_status(fn, (DataError, CheckpointError, DeviceError, ValueError, OSError), fatal=(TrainingDiverged,))
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,30 @@ def submitit_args(parser: argparse.ArgumentParser) -> None:
                    help="submitit cluster (default: auto-detect Slurm)")
 
 
+def requeue_on_rank0(signum: int) -> None:
+    """The ranks agreed to stop before the last epoch (a time-out, a pre-emption, a SIGTERM on any
+    rank): rank 0 hands the stop to submitit's requeue handler whichever signal came and on whichever
+    rank (submitit's own handler only requeues for its USR signal, and only where it was received).
+    The handler checkpoints ``Trainer.checkpoint()``'s resubmission, requeues and exits the task; the
+    other ranks return. Never called for a finished run."""
+    import signal
+
+    import submitit
+    from ssvit.utils.distributed import get_rank
+    from ssvit.utils.shutdown import finish
+    finish()  # every rank has its checkpoint state written; tear the process group down first
+    if get_rank() != 0:
+        return
+    env = submitit.JobEnvironment()
+    usr_sig = env._usr_sig() if hasattr(env, "_usr_sig") else signal.SIGUSR2
+    handler = signal.getsignal(usr_sig)
+    name = signal.Signals(signum).name if signum else "stop"
+    if not callable(handler):  # not started by submitit's job runner (e.g. called directly)
+        raise RuntimeError(f"{name}: the run stopped before its end but submitit's requeue handler is not installed")
+    print(f"{name} received: requeuing the job through submitit")
+    handler(usr_sig, None)
+
+
 class Trainer:
     """Picklable job: runs pretraining in each task; ``checkpoint()`` requeues on pre-emption."""
 
@@ -46,7 +70,11 @@ class Trainer:
         from ssvit.engine.pretrain import Trainer as Engine
         job_env = submitit.JobEnvironment()
         self.args.output_dir = self.args.output_dir.replace("%j", str(job_env.job_id))
-        Engine(self.args).fit()
+        engine = Engine(self.args)
+        engine.fit(on_interrupt=requeue_on_rank0)
+        if not engine.interrupted:
+            from ssvit.utils.shutdown import finish
+            finish()
 
     def checkpoint(self):
         import submitit
@@ -67,6 +95,9 @@ def main(argv=None):
     kwargs = {"slurm_constraint": "volta32gb"} if args.use_volta32 else {}
     if args.comment:
         kwargs["slurm_comment"] = args.comment
+    # --kill-on-bad-exit: a rank that fails ends the whole step at once instead of leaving its peers
+    # blocked in a collective until --dist_timeout
+    kwargs["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     executor.update_parameters(mem_gb=40 * args.ngpus, gpus_per_node=args.ngpus, tasks_per_node=args.ngpus,
                                cpus_per_task=10, nodes=args.nodes, timeout_min=args.timeout,
                                slurm_partition=args.partition, slurm_signal_delay_s=120, name="ssvit", **kwargs)

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import yaml
 
+from .utils.distributed import DEFAULT_TIMEOUT_MINUTES
+
 
 def bool_flag(s) -> bool:
     """Parse on/true/1 and off/false/0 (case-insensitive), as the originals' ``bool_flag``."""
@@ -110,6 +112,8 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max_bad_steps", default=3, type=int,
                    help="a non-finite loss or gradient skips the update; stop after this many in a row "
                         "(the last good checkpoint is kept)")
+    p.add_argument("--dist_timeout", default=DEFAULT_TIMEOUT_MINUTES, type=float,
+                   help="minutes a collective may wait for the other ranks before the job fails (also the rendezvous); torch's own defaults are 10 (NCCL) and 30 (Gloo)")
     p.add_argument("--save_every_iters", default=0, type=int,
                    help="also write checkpoint.pth every N iterations (exact mid-epoch resume); 0 = off")
     p.add_argument("--save_every_minutes", default=10.0, type=float,

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from main_pretrain import get_args_parser  # noqa: E402
+from ssvit.cli import exit_status  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
 from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.utils.distributed import collective_device  # noqa: E402
@@ -41,16 +42,33 @@ def guard(fn):
 for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_gather_into_tensor"):
     setattr(dist, name, guard(getattr(dist, name)))
 
-if __name__ == "__main__":
-    argv = sys.argv[1:]
+def main(argv):
     args = parse_with_config(get_args_parser(argv), argv)
     trainer = Trainer(args)
+    m = trainer.method
+    init = {"student": {k: v.clone() for k, v in m.student.state_dict().items()},
+            "teacher": {k: v.clone() for k, v in m.teacher.state_dict().items()} if m.has_ema_teacher else {}}
     with open(os.path.join(args.output_dir, f"pid{trainer.dist.rank}"), "w") as f:
         f.write(str(os.getpid()))
+    fail_at = os.environ.get("SSVIT_TEST_FAIL_AT")  # "RANK:ITER": that rank raises at that iteration
+    if fail_at:
+        rank, it = (int(v) for v in fail_at.split(":"))
+        if trainer.dist.rank == rank:
+            step = trainer.step
+
+            def failing_step(batch, epoch, i, *a, **kw):
+                if i == it:
+                    raise RuntimeError(f"injected failure at iteration {i}")
+                return step(batch, epoch, i, *a, **kw)
+            trainer.step = failing_step
     trainer.fit()
-    m = trainer.method
-    state = {"student": m.student.state_dict(), "teacher": m.teacher.state_dict() if m.has_ema_teacher else {},
+    state = {"init": init, "student": m.student.state_dict(), "teacher": m.teacher.state_dict() if m.has_ema_teacher else {},
              "center": getattr(m.criterion, "center", None), "criterion": m.criterion.state_dict(),
              "world_size": trainer.dist.world_size,
              "collective_tensors_checked": CHECKED["n"], "interrupted": trainer.interrupted}
     torch.save(state, os.path.join(args.output_dir, f"rank{trainer.dist.rank}.pth"))
+
+
+if __name__ == "__main__":
+    # the entry points' exit path: ordered shutdown on success, one line and a fast exit on error
+    sys.exit(exit_status(lambda: main(sys.argv[1:]), (ValueError,)))

@@ -170,3 +170,61 @@ def test_fused_adamw_flag_reaches_the_engine_optimizer(tmp_path):
     t.fit()  # trains and checkpoints with the fused CPU kernel
     ck = load_checkpoint(str(tmp_path / "b" / "checkpoint.pth"))
     assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------ stop signals and the end of a run
+class _SignalAt:
+    """Wraps a trainer's step: sends ``sig`` to this process during iteration ``it`` of ``epoch``."""
+
+    def __init__(self, t, epoch, it, sig):
+        self.step, self.at, self.sig = t.step, (epoch, it), sig
+
+    def __call__(self, batch, epoch, i, *a, **kw):
+        if (epoch, i) == self.at:
+            os.kill(os.getpid(), self.sig)
+        return self.step(batch, epoch, i, *a, **kw)
+
+
+def _log(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "r" / "log.txt").read_text().splitlines()]
+
+
+def test_a_stop_during_the_last_epoch_end_finishes_the_job_and_hands_on_nothing(tmp_path):
+    """SIGTERM in the last step of the last epoch: the run is complete (validated, saved, not interrupted)
+    and neither on_interrupt nor a previous handler runs: a finished job is never requeued."""
+    import signal
+    t = trainer(tmp_path, "toy_validated", ["--epochs", "2"])
+    t.step = _SignalAt(t, 1, t.niter_per_ep - 1, signal.SIGTERM)
+    calls = []
+    t.fit(on_interrupt=calls.append)
+    assert not t.interrupted and calls == []
+    assert [r["epoch"] for r in _log(tmp_path)] == [0, 1] and "val_acc" in _log(tmp_path)[1]
+    assert load_checkpoint(str(tmp_path / "r" / "checkpoint.pth"))["epoch"] == 2
+
+
+def test_a_stop_at_an_epoch_end_is_honoured_before_the_validation(tmp_path):
+    """SIGUSR1 in epoch 0's last step of 3 epochs: epoch 0 is saved without running the validation
+    (which could outlast Slurm's grace period) and on_interrupt gets the signal."""
+    import signal
+    t = trainer(tmp_path, "toy_validated", ["--epochs", "3"])
+    validated = []
+    t.method.validate = lambda epoch: validated.append(epoch) or {"acc": 0.5}
+    t.step = _SignalAt(t, 0, t.niter_per_ep - 1, signal.SIGUSR1)
+    calls = []
+    t.fit(on_interrupt=calls.append)
+    assert t.interrupted and calls == [signal.SIGUSR1] and validated == []
+    log = _log(tmp_path)
+    assert [r["epoch"] for r in log] == [0] and log[0]["validation_skipped"] == "stop signal"
+    ck = load_checkpoint(str(tmp_path / "r" / "checkpoint.pth"))
+    assert (ck["epoch"], ck["iter_in_epoch"]) == (1, 0)
+
+
+def test_a_mid_epoch_stop_hands_the_agreed_signal_to_on_interrupt(tmp_path):
+    import signal
+    t = trainer(tmp_path, "toy_supervised", ["--epochs", "2"])
+    t.step = _SignalAt(t, 1, 1, signal.SIGTERM)
+    calls = []
+    t.fit(on_interrupt=calls.append)
+    assert t.interrupted and calls == [signal.SIGTERM] and t.stop_signal == signal.SIGTERM
+    ck = load_checkpoint(str(tmp_path / "r" / "checkpoint.pth"))
+    assert (ck["epoch"], ck["iter_in_epoch"]) == (1, 3)

@@ -157,10 +157,70 @@ def test_unusable_gpu_under_a_launcher_or_asked_for_is_an_error(monkeypatch):
         edist.resolve_device("cuda")
 
 
-def test_local_rank_beyond_the_visible_gpus_is_refused(monkeypatch):
+def test_local_rank_beyond_the_visible_gpus_takes_local_rank_modulo_the_count(monkeypatch):
+    """A cluster that binds one GPU per task: every task sees GPU 0 only (the originals' rank % count)."""
     _fake_gpus(monkeypatch, count=1)
-    with pytest.raises(edist.DeviceError, match="LOCAL_RANK 1 needs GPU 1 but only 1 GPU"):
-        edist.resolve_device("auto", 1, distributed=True)
+    with pytest.warns(UserWarning, match="LOCAL_RANK 1 but 1 GPU.*using GPU 0"):
+        assert edist.resolve_device("auto", 1, distributed=True) == torch.device("cuda", 0)
+    _fake_gpus(monkeypatch, count=2)
+    with pytest.warns(UserWarning, match="LOCAL_RANK 3 but 2 GPU.*using GPU 1"):
+        assert edist.resolve_device("cuda", 3, distributed=True) == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (3, 8, 1)),                       # torchrun
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1"}, (5, 8, 1)),  # srun
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}, None),  # plain python in an sbatch script
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),        # srun -n 1
+    ({}, None),
+])
+def test_launcher_env_finds_torchrun_and_srun_steps_not_a_plain_process_in_a_batch_job(env, expected):
+    assert edist.launcher_env(env) == expected
+
+
+def test_a_plain_python_in_a_multi_task_batch_job_is_one_process(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    info = edist.init_distributed("cpu")
+    assert info.world_size == 1 and not torch.distributed.is_initialized()
+
+
+def test_srun_step_without_a_rendezvous_address_is_one_line(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    with pytest.raises(edist.DeviceError, match="rank 1 of 2: MASTER_ADDR / MASTER_PORT are not set"):
+        edist.init_distributed("cpu")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--dist_timeout must be > 0"):
+        edist.init_distributed("cpu", timeout_minutes=0)
+
+
+def test_process_group_gets_the_timeout_and_under_nccl_the_device(monkeypatch):
+    """init_process_group is called with --dist_timeout and, under NCCL, device_id = this rank's GPU."""
+    import datetime
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: None)
+    monkeypatch.setattr(edist, "setup_for_distributed", lambda is_master: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    info = edist.init_distributed("cpu", timeout_minutes=2.5)
+    assert calls[-1]["backend"] == "gloo" and calls[-1]["device_id"] is None
+    assert calls[-1]["timeout"] == datetime.timedelta(minutes=2.5) and (info.rank, info.world_size) == (1, 2)
+    _fake_gpus(monkeypatch, count=2)
+    info = edist.init_distributed("auto")
+    assert calls[-1]["backend"] == "nccl" and calls[-1]["device_id"] == torch.device("cuda", 1)
+    assert calls[-1]["timeout"] == datetime.timedelta(minutes=edist.DEFAULT_TIMEOUT_MINUTES)
 
 
 def test_eval_knn_use_cuda_false_keeps_extraction_on_the_gpu(monkeypatch):
@@ -170,7 +230,7 @@ def test_eval_knn_use_cuda_false_keeps_extraction_on_the_gpu(monkeypatch):
     asked, used = [], []
     fake_gpu = torch.device("meta")  # stands in for cuda:0
 
-    def init_distributed(device, url):
+    def init_distributed(device, url, timeout_minutes=None):
         asked.append(device)
         return edist.DistInfo(device=fake_gpu)
 

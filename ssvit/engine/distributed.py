@@ -7,12 +7,14 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..utils.distributed import (all_reduce_flags, barrier, collective_device, get_rank,  # noqa: F401
-                                 get_world_size, is_dist, is_main_process)
+from ..utils.distributed import (DEFAULT_TIMEOUT_MINUTES, all_reduce_flags, barrier,  # noqa: F401
+                                 collective_device, get_rank, get_world_size, is_dist, is_main_process)
 
 
 @dataclass
@@ -47,8 +49,10 @@ def resolve_device(choice: str, local_rank: int = 0, distributed: bool = False) 
     """``--device auto | cpu | cuda`` -> the device of this process.
 
     ``auto`` in a single process probes the GPU and falls back to the CPU with a warning when it
-    is not usable; under a launcher (``distributed``) or with ``cuda`` an unusable GPU is an error,
-    and so is ``LOCAL_RANK >= device_count`` (two ranks would otherwise share one GPU)."""
+    is not usable; under a launcher (``distributed``) or with ``cuda`` an unusable GPU is an error.
+    ``LOCAL_RANK >= device_count`` (a cluster that binds one GPU per task, so every task sees only
+    its own GPU 0) takes GPU ``LOCAL_RANK % device_count``, as the originals' ``rank % device_count``,
+    with a one-line warning."""
     if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {choice!r}")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
@@ -56,37 +60,60 @@ def resolve_device(choice: str, local_rank: int = 0, distributed: bool = False) 
     if not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but no CUDA device is available")
     count = torch.cuda.device_count()
+    index = local_rank
     if local_rank >= count:
-        raise DeviceError(f"LOCAL_RANK {local_rank} needs GPU {local_rank} but only {count} GPU(s) are visible: "
-                          f"start at most {count} processes per node")
+        index = local_rank % count
+        warnings.warn(f"LOCAL_RANK {local_rank} but {count} GPU(s) visible to this process: using GPU {index} "
+                      "(LOCAL_RANK % device count)")
     try:
-        probe_cuda(local_rank)
+        probe_cuda(index)
     except Exception as e:  # torch.OutOfMemoryError, torch.AcceleratorError, RuntimeError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if choice == "auto" and not distributed:
-            warnings.warn(f"GPU {local_rank} is not usable ({reason}): running on the CPU")
+            warnings.warn(f"GPU {index} is not usable ({reason}): running on the CPU")
             return torch.device("cpu")
-        raise DeviceError(f"GPU {local_rank} is not usable: {reason}") from e
-    return torch.device("cuda", local_rank)
+        raise DeviceError(f"GPU {index} is not usable: {reason}") from e
+    return torch.device("cuda", index)
 
 
-def init_distributed(device: str = "auto", dist_url: str = "env://") -> DistInfo:
-    """Initialise from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun) or ``SLURM_PROCID``
-    (+ ``SLURM_NTASKS``); otherwise a single plain process with no process group."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        local_rank = int(os.environ.get("SLURM_LOCALID", 0))
-    else:
+def launcher_env(environ=None) -> Optional[tuple[int, int, int]]:
+    """``(rank, world_size, local_rank)`` of a multi-process launch, or None for a plain process.
+
+    torchrun (and submitit's ``TorchDistributedEnvironment``) set ``RANK`` / ``WORLD_SIZE``; a task of
+    an ``srun`` step of several tasks has ``SLURM_STEP_NUM_TASKS > 1``. A plain ``python`` inside an
+    ``sbatch --ntasks N`` script sees ``SLURM_NTASKS=N`` and ``SLURM_PROCID=0`` too but is one process:
+    it is not a distributed run (the batch step has no ``SLURM_STEP_NUM_TASKS``)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return None
+
+
+def init_distributed(device: str = "auto", dist_url: str = "env://",
+                     timeout_minutes: Optional[float] = None) -> DistInfo:
+    """Initialise from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun) or an ``srun`` step of
+    several tasks (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID``); otherwise a
+    single plain process with no process group. ``timeout_minutes`` bounds every collective (and the
+    rendezvous); under NCCL the group is bound to this rank's GPU (``device_id``)."""
+    found = launcher_env()
+    if found is None:
         return DistInfo(device=resolve_device(device))
+    rank, world, local_rank = found
+    if timeout_minutes is not None and timeout_minutes <= 0:
+        raise ValueError(f"--dist_timeout must be > 0 minutes, got {timeout_minutes}")
+    if dist_url == "env://" and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+        raise DeviceError(f"rank {rank} of {world}: MASTER_ADDR / MASTER_PORT are not set (start the job with "
+                          "torchrun, or export them in the srun script, or pass --dist_url tcp://HOST:PORT)")
     dev = resolve_device(device, local_rank, distributed=True)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world, rank=rank)
+        timeout = timedelta(minutes=timeout_minutes or DEFAULT_TIMEOUT_MINUTES)
+        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world, rank=rank,
+                                timeout=timeout, device_id=dev if backend == "nccl" else None)
         dist.barrier()
     setup_for_distributed(rank == 0)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..data import DATASET_INFO, ResumableDistributedSampler, TransformedDataset, build_dataset
 from ..methods import SSLMethod, get_method
 from ..objectives import cosine_scheduler
-from ..utils.distributed import all_reduce_flags
+from ..utils.distributed import all_reduce_max, all_gather_objects
 from ..utils.precision import select_amp_dtype
 from ..utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_rng_state, torch_rng_state
 from .distributed import DistInfo, barrier, init_distributed
@@ -95,7 +95,7 @@ def validate_args(args: argparse.Namespace) -> None:
 _RUN_FLAGS_IGNORED = {"output_dir", "data_path", "dist_url", "local_rank", "num_workers", "print_freq", "tensorboard",
                       "save_every_iters", "save_every_minutes", "max_iters", "device", "download", "config",
                       "max_bad_steps", "on_bad_image", "load_from", "pretrained_weights_ckpt",
-                      "compile", "compile_cache_dir", "retain_host_memory"}
+                      "compile", "compile_cache_dir", "retain_host_memory", "dist_timeout"}
 _TMP_RE = re.compile(r"^(checkpoint\d*\.pth|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -104,7 +104,7 @@ class Trainer:
         get_method(args.method).resolve_args(args)
         validate_args(args)
         self.args = args
-        self.dist = dist_info or init_distributed(args.device, args.dist_url)
+        self.dist = dist_info or init_distributed(args.device, args.dist_url, getattr(args, "dist_timeout", None))
         self.device = self.dist.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the originals
@@ -163,7 +163,7 @@ class Trainer:
                               "SyncBatchNorm needs GPUs")
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.student_ddp = nn.parallel.DistributedDataParallel(
-                student, device_ids=ids, find_unused_parameters=self.method.ddp_find_unused_parameters)
+                student, device_ids=ids, **self.method.ddp_options())
         else:
             self.student_ddp = student
         self.optimizer = build_optimizer(args.optimizer, self.method.param_groups(self.student_ddp),
@@ -193,6 +193,7 @@ class Trainer:
         self.last_save = time.time()
         self.bad_in_a_row = 0
         self.interrupted = False
+        self.stop_signal = 0  # the stop signal agreed by the ranks when ``interrupted``
         self.last_batch = None
         self.best: Optional[float] = None  # the method's best_metric so far (checkpoint_best.pth)
 
@@ -241,10 +242,13 @@ class Trainer:
                 raise CheckpointError(f"cannot write {self.args.output_dir}/config.yaml: {e}") from e
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int, iter_in_epoch: int) -> dict:
+    def state_dict(self, epoch: int, iter_in_epoch: int, rng_per_rank: Optional[list] = None) -> dict:
         """DINO's layout (student with ``module.``, teacher, optimizer, epoch, args, <loss_key>,
-        fp16_scaler) plus ``iter_in_epoch`` and ``rng`` for exact resume. ``epoch`` is the epoch
-        to (re)start; ``iter_in_epoch`` the iterations of it already done."""
+        fp16_scaler) plus ``iter_in_epoch``, ``rng`` (this rank's generators) and ``rng_per_rank``
+        (every rank's, in rank order: each rank resumes its own streams) for exact resume. ``epoch``
+        is the epoch to (re)start; ``iter_in_epoch`` the iterations of it already done; the sampler's
+        position follows from both (``set_epoch`` / ``set_start``: the same on every rank)."""
+        rng = torch_rng_state(self.device)
         state = {
             **self.method.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
@@ -253,7 +257,8 @@ class Trainer:
             "iter_in_epoch": iter_in_epoch,
             "niter_per_ep": self.niter_per_ep,
             "world_size": self.dist.world_size,
-            "rng": torch_rng_state(),
+            "rng": rng,
+            "rng_per_rank": rng_per_rank if rng_per_rank is not None else [rng],
             "method": self.method.name,
         }
         if self.scaler is not None:
@@ -278,6 +283,7 @@ class Trainer:
         record) travels in the checkpoint so that a kill before the log line is written loses
         nothing: the resume writes it. Returns whether it wrote."""
         self.last_save = time.time()
+        rng_per_rank = all_gather_objects(torch_rng_state(self.device))  # every rank calls save() at the same steps
         if not self.dist.is_main:
             return True
         bad = self.nonfinite_tensors()
@@ -285,7 +291,7 @@ class Trainer:
             print(f"Not writing a checkpoint: {len(bad)} tensors hold NaN/Inf (e.g. {', '.join(bad[:3])}); "
                   f"the last good checkpoint {self.checkpoint_path()} is kept", file=sys.stderr)
             return False
-        state = self.state_dict(epoch, iter_in_epoch)
+        state = self.state_dict(epoch, iter_in_epoch, rng_per_rank)
         if epoch_log is not None:
             state["epoch_log"] = epoch_log
             state["numbered_checkpoints"] = list(extra_names)
@@ -359,8 +365,11 @@ class Trainer:
             warnings.warn("batch size or world size changed since the mid-epoch checkpoint: "
                           "restarting that epoch from its beginning")
             self.start_iter = 0
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")
+        if isinstance(per_rank, list) and len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank], self.device)
+        elif "rng" in ckpt:  # an older ssvit checkpoint, or another world size: rank 0's streams
+            set_rng_state(ckpt["rng"], self.device)
         if path == self.checkpoint_path():
             self.complete_last_epoch(ckpt)
         self.report_changed_flags(ckpt.get("args"))
@@ -405,7 +414,9 @@ class Trainer:
                     batch_seed(args.seed, epoch, i, self.dist.rank)))
             self.last_batch = batch
             momentum = float(self.momentum_schedule[it]) if self.momentum_schedule is not None else 0.0
-            r = self.step(batch, epoch, i, momentum, stop.requested, labels=labels, index=index)
+            # a time-based checkpoint is due on this rank's clock: agreed in the step, so all ranks save together
+            save_due = bool(args.save_every_minutes) and time.time() - self.last_save >= 60 * args.save_every_minutes
+            r = self.step(batch, epoch, i, momentum, stop.signum or 0, labels=labels, index=index, save_due=save_due)
             now = time.time()
             if r.skipped:
                 bad_steps += 1
@@ -433,16 +444,16 @@ class Trainer:
             done = i + 1
             step_boundary = done % k == 0
             if done < self.niter_per_ep and step_boundary:  # checkpoints only between optimizer steps
-                halt = r.stop or self.budget_spent()  # r.stop: agreed by every rank this iteration
+                halt = bool(r.stop) or self.budget_spent()  # r.stop: agreed by every rank this iteration
                 # no periodic save inside a streak of skipped steps: the last good checkpoint stays
                 periodic = self.bad_in_a_row == 0 and (
-                    (args.save_every_iters and done % args.save_every_iters == 0)
-                    or (args.save_every_minutes and now - self.last_save >= 60 * args.save_every_minutes))
+                    bool(args.save_every_iters and done % args.save_every_iters == 0) or r.save)
                 if halt or periodic:
                     self.save(epoch, done)
                 if halt:
                     interrupted = True
-                    self.interrupted = self.interrupted or r.stop
+                    if r.stop:
+                        self.interrupted, self.stop_signal = True, r.stop
                     break
         progress.close()
         self.start_iter = 0
@@ -456,10 +467,13 @@ class Trainer:
         print("Averaged stats:", "  ".join(f"{k}: {v:.6g}" for k, v in stats.items()))
         return stats, interrupted
 
-    def fit(self) -> dict:
+    def fit(self, on_interrupt: Optional[Callable[[int], None]] = None) -> dict:
         """Resume if ``output_dir`` holds a checkpoint, write ``config.yaml``, train to ``--epochs``
         (or until a stop signal / ``--max_iters``). ``self.interrupted``: a stop signal (on any rank)
-        ended the run before its last epoch -- the checkpoint is written, the job is not done."""
+        ended the run before its last epoch -- the checkpoint is written, the job is not done; then
+        ``on_interrupt(signal)`` runs on every rank with the agreed signal (a launcher's requeue),
+        else the handler that signal had before the run (``StopRequest.forward``). A finished run
+        calls neither, whatever arrived during its last epoch."""
         args = self.args
         self.maybe_resume()
         self.write_config()  # only after the resume check accepted this output dir
@@ -493,7 +507,13 @@ class Trainer:
                 log_stats = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch}
                 if bad:
                     log_stats["bad_images_skipped"] = bad
-                if (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs:
+                # a stop signal that came during the epoch's last steps is honoured before the validation (which
+                # may outlast the grace period before SIGKILL); the last epoch still validates: the job is done
+                agreed = int(all_reduce_max(stop.signum or 0)[0])
+                stopping = bool(agreed) and epoch + 1 < args.epochs
+                if stopping:
+                    log_stats["validation_skipped"] = "stop signal"
+                elif (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs:
                     metrics = self.method.validate(epoch)
                     if metrics:
                         log_stats.update({f"val_{k}": v for k, v in metrics.items()})
@@ -510,10 +530,9 @@ class Trainer:
                         if k.startswith("val_") and isinstance(v, (int, float)):
                             self.tb.add_scalar(f"val/{k[4:]}", v, epoch)
                     self.tb.flush()
-                if all_reduce_flags(stop.requested)[0]:
-                    self.interrupted = epoch + 1 < args.epochs
-                    if self.interrupted:
-                        print(f"Stopped in epoch {epoch} (at its end); run the same command again to resume.")
+                if stopping:
+                    self.interrupted, self.stop_signal = True, agreed
+                    print(f"Stopped in epoch {epoch} (at its end); run the same command again to resume.")
                     break
                 if self.budget_spent():
                     break
@@ -529,7 +548,11 @@ class Trainer:
                   f"(cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR')})")
             if self.dist.is_main:
                 self.append_log({"compile_seconds": round(self.compile_seconds, 2)})
-        stop.forward()  # e.g. submitit's requeue, now that the checkpoint is written
+        if self.interrupted:  # the job is not done: hand the agreed stop on, now that the checkpoint is written
+            if on_interrupt is not None:
+                on_interrupt(self.stop_signal)
+            else:
+                stop.forward(self.stop_signal)  # a handler installed before ours (on every rank)
         return stats
 
     def track_best(self, metrics: dict) -> bool:

@@ -65,17 +65,21 @@ class StopRequest:
         for sig, old in self._restore.items():
             signal.signal(sig, old)
 
-    def previous_handler(self) -> Optional[Callable]:
-        """The Python handler the received signal had before (None for SIG_DFL / SIG_IGN)."""
-        old = self._old.get(self.signum) if self.signum is not None else None
+    def previous_handler(self, signum: Optional[int] = None) -> Optional[Callable]:
+        """The Python handler ``signum`` (default: the received signal) had before (None for SIG_DFL /
+        SIG_IGN)."""
+        signum = self.signum if signum is None else signum
+        old = self._old.get(signum) if signum else None
         return old if callable(old) else None
 
-    def forward(self) -> None:
-        """Hand the received signal to the handler installed before ours (e.g. submitit's requeue,
-        which may ``sys.exit``); nothing when none was installed."""
-        handler = self.previous_handler()
+    def forward(self, signum: Optional[int] = None) -> None:
+        """Hand ``signum`` (default: the signal this process received; the engine passes the one the
+        ranks agreed on, so a rank that received nothing forwards too) to the handler installed before
+        ours (e.g. submitit's requeue, which may ``sys.exit``); nothing when none was installed."""
+        signum = self.signum if signum is None else signum
+        handler = self.previous_handler(signum)
         if handler is not None:
-            handler(self.signum, None)
+            handler(signum, None)
 
 
 def ignore_stop_signals(signals=STOP_SIGNALS) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..utils.distributed import all_reduce_flags, collective_device, is_dist
+from ..utils.distributed import all_reduce_max, collective_device, is_dist
 from ..utils.params import clip_gradients
 from ..utils.precision import autocast
 
@@ -30,14 +30,18 @@ class StepResult(NamedTuple):
     extra: dict          # the method's extra floats
     stepped: bool        # an optimizer step was taken at this iteration
     skipped: bool        # non-finite loss or gradient: no update (on every rank)
-    stop: bool           # some rank asked to stop (agreed by all ranks)
+    stop: int            # the stop signal some rank received (0: none; the largest number when several), agreed
+    save: bool = False   # some rank's periodic checkpoint is due (agreed: every rank saves together)
 
 
 class TrainStep:
-    """Callable ``step(batch, epoch, i, momentum, stop_requested=False) -> StepResult``.
+    """Callable ``step(batch, epoch, i, momentum, stop_signal=0, save_due=False) -> StepResult``.
 
     ``i`` is the iteration within the epoch (the accumulation window is ``i // accum_iter``);
-    ``momentum`` the EMA momentum of this iteration (ignored by teacher-less methods)."""
+    ``momentum`` the EMA momentum of this iteration (ignored by teacher-less methods);
+    ``stop_signal`` the stop signal this rank received (0: none) and ``save_due`` whether its
+    periodic checkpoint is due: both are agreed by the ranks in the step's one all-reduce, with
+    the non-finite check."""
 
     def __init__(self, method: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer, *,
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None, clip_grad: float = 0.0,
@@ -50,8 +54,8 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 
-    def __call__(self, batch: Any, epoch: int, i: int, momentum: float, stop_requested: bool = False,
-                 labels: Any = None, index: Any = None) -> StepResult:
+    def __call__(self, batch: Any, epoch: int, i: int, momentum: float, stop_signal: int = 0,
+                 labels: Any = None, index: Any = None, save_due: bool = False) -> StepResult:
         method, opt, k = self.method, self.optimizer, self.accum_iter
         step_now = (i + 1) % k == 0
         sync = self.student.no_sync() if (self.ddp and not step_now) else contextlib.nullcontext()
@@ -60,13 +64,13 @@ class TrainStep:
                 loss, extra = method.training_step(self.student, batch, epoch, i, labels=labels, index=index)
             loss_value = loss.item()
             bad = not math.isfinite(loss_value)
+            stop, save = int(stop_signal), bool(save_due)
             if self.agree:
-                bad, stop = all_reduce_flags(bad, stop_requested)
-            else:
-                stop = stop_requested
+                worst, stop, save = all_reduce_max(bad, stop, save)
+                bad, stop, save = bool(worst), int(stop), bool(save)
             if bad:  # drop this accumulation window's gradients; no rank runs backward
                 opt.zero_grad(set_to_none=True)
-                return StepResult(loss_value, extra, False, True, stop)
+                return StepResult(loss_value, extra, False, True, stop, save)
             if k > 1:
                 loss = loss / k
             if self.scaler is None:
@@ -75,7 +79,7 @@ class TrainStep:
                 self.scaler.scale(loss).backward()
         logged = float(extra.pop("loss")) if "loss" in extra else loss_value
         if not step_now:
-            return StepResult(logged, extra, False, False, stop)
+            return StepResult(logged, extra, False, False, stop, save)
         if self.ddp:
             self.average_extra_gradients()
         norms = None
@@ -88,7 +92,7 @@ class TrainStep:
             # fp32: a non-finite gradient would poison the weights (the gradients are already
             # all-reduced, so every rank sees the same and skips together). fp16: the scaler skips.
             opt.zero_grad(set_to_none=True)
-            return StepResult(logged, extra, False, True, stop)
+            return StepResult(logged, extra, False, True, stop, save)
         method.after_backward(epoch)
         if self.scaler is None:
             opt.step()
@@ -97,7 +101,7 @@ class TrainStep:
             self.scaler.update()
         opt.zero_grad(set_to_none=True)
         method.update_teacher(momentum)
-        return StepResult(logged, extra, True, False, stop)
+        return StepResult(logged, extra, True, False, stop, save)
 
     def average_extra_gradients(self) -> None:
         """DDP all-reduces the student's gradients only: average those of the task's other

@@ -55,8 +55,12 @@ class SSLMethod(nn.Module):
     loss_key: str = "loss"
     #: the method keeps an EMA teacher updated by the engine after each optimizer step
     has_ema_teacher: bool = True
-    #: DDP must look for parameters without gradient (e.g. SERE's local heads left unused)
-    ddp_find_unused_parameters: bool = False
+    #: the student's parameters that get no gradient are the same at every iteration (e.g. SERE's local heads
+    #: with few local crops, RelViT's unused ``v_lin`` and position embedding): DDP is told so with
+    #: ``static_graph=True``, which also allows the student's several forward calls per step (global, then
+    #: local crops). (``find_unused_parameters`` would search the graph at every step and fails with two
+    #: forward calls: "Expected to mark a variable ready only once".)
+    ddp_static_graph: bool = False
     #: name of the ``validate`` metric that selects ``checkpoint_best.pth`` (None: no best checkpoint)
     best_metric: Optional[str] = None
     best_mode: str = "max"
@@ -106,6 +110,10 @@ class SSLMethod(nn.Module):
         averages their gradients over the ranks."""
         return [(n, p) for n, p in self.named_parameters()
                 if p.requires_grad and not n.startswith(("student.", "teacher."))]
+
+    def ddp_options(self) -> dict:
+        """Keyword arguments of the student's ``DistributedDataParallel`` wrapper."""
+        return {"static_graph": True} if self.ddp_static_graph else {}
 
     def param_groups(self, student: nn.Module) -> list[dict]:
         """Optimizer parameter groups (regularised first): DINO's rule over the student, then the

@@ -148,6 +148,10 @@ def decay_lr(lr_init: float, max_steps: int, lr_end: float = 1.25e-6) -> np.ndar
 @register_method("relvit")
 class RelViTMethod(SSLMethod):
     has_ema_teacher = False
+    # the relation heads' ``v_lin`` is computed and discarded, and ``pos_embed`` is unused without
+    # --use_positional_embeddings (the upstream recipe): Lightning's DDP (find_unused_parameters=True by default)
+    # let the original run; here DDP is told the unused set is fixed
+    ddp_static_graph = True
     loss_key = "relvit_loss"
 
     @classmethod

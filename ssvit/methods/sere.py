@@ -64,7 +64,7 @@ class SERETerms:
     backbones, the relation-returning wrapper, SERE's flags, the two relation losses and their
     combination with the base loss."""
 
-    ddp_find_unused_parameters = True  # QUIRK: with 1-2 local crops the *_local heads stay unused
+    ddp_static_graph = True  # with 1-2 local crops the *_local heads stay unused (the original crashes under DDP there)
 
     def __init__(self, args):
         super().__init__(args)

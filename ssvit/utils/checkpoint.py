@@ -15,7 +15,7 @@ import argparse
 import os
 import re
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -155,7 +155,9 @@ def load_state_checked(model: nn.Module, state_dict: dict, what: str = "model",
     model.load_state_dict(state_dict, strict=False)
 
 
-def torch_rng_state() -> dict:
+def torch_rng_state(device: Optional[torch.device] = None) -> dict:
+    """This process's generators: torch's CPU one, Python's, NumPy's, and on a GPU ``device`` that
+    device's (``cuda_device``; ``cuda``: every visible GPU's, the layout of older checkpoints)."""
     import random
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     np_state = np.random.get_state()
@@ -163,17 +165,25 @@ def torch_rng_state() -> dict:
                       int(np_state[3]), float(np_state[4]))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        if device is not None and device.type == "cuda":
+            state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: Optional[torch.device] = None) -> None:
+    """The inverse of ``torch_rng_state``: on a GPU ``device`` its own generator from ``cuda_device``
+    (else, as before, every GPU's from ``cuda`` when the device count matches)."""
     import random
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -7,6 +7,11 @@ import torch
 import torch.distributed as dist
 
 
+#: ``--dist_timeout``'s default (minutes): how long a collective may wait for a rank before the job
+#: fails (torch's own defaults: 10 min under NCCL, 30 under Gloo)
+DEFAULT_TIMEOUT_MINUTES = 30.0
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -39,8 +44,24 @@ def collective_device() -> torch.device:
 def all_reduce_flags(*flags: bool) -> list[bool]:
     """Logical OR of each flag over all ranks (one all-reduce MAX on the backend's device); the
     flags unchanged without a process group. Every rank must call it at the same point."""
+    return [bool(v) for v in all_reduce_max(*(float(bool(f)) for f in flags))]
+
+
+def all_reduce_max(*values: float) -> list[float]:
+    """The maximum of each value over all ranks (one all-reduce MAX on the backend's device); the
+    values unchanged without a process group. Every rank must call it at the same point."""
     if not is_dist() or dist.get_world_size() == 1:
-        return [bool(f) for f in flags]
-    t = torch.tensor([float(f) for f in flags], device=collective_device())
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return t.tolist()
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a process group);
+    every rank must call it at the same point."""
+    if not is_dist() or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
