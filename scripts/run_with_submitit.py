@@ -108,7 +108,7 @@ def main(argv=None):
     print(f"Submitted job_id: {job.job_id}")
     print(f"Logs and checkpoints will be saved at: {args.output_dir}")
     if executor.cluster != "slurm":  # local runs: wait, so that the exit status is the job's
-        job.result()
+        job.results()  # every task's (the job fails if one of them did)
         print(f"Job {job.job_id} finished")
     return job
 

@@ -50,6 +50,8 @@ def main(argv):
             "teacher": {k: v.clone() for k, v in m.teacher.state_dict().items()} if m.has_ema_teacher else {}}
     with open(os.path.join(args.output_dir, f"pid{trainer.dist.rank}"), "w") as f:
         f.write(str(os.getpid()))
+    if os.environ.get("SSVIT_TEST_RANK_SEED"):  # each rank's generators on a stream of its own
+        torch.manual_seed(int(os.environ["SSVIT_TEST_RANK_SEED"]) + 1000 * trainer.dist.rank)
     fail_at = os.environ.get("SSVIT_TEST_FAIL_AT")  # "RANK:ITER": that rank raises at that iteration
     if fail_at:
         rank, it = (int(v) for v in fail_at.split(":"))

@@ -31,11 +31,11 @@ def one_line_error(p):
 
 
 # ------------------------------------------------------------------ stop signals
-def _torchrun(out, extra, **kw):
+def _torchrun(out, extra, env=ENV, **kw):
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              os.path.join(ROOT, "tests", "ddp_worker.py"), *TINY, "--batch_size_per_gpu", "4",
                              "--output_dir", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV, cwd=ROOT, **kw)
+                            text=True, env=env, cwd=ROOT, **kw)
 
 
 def test_sigterm_to_one_rank_stops_both_once_then_resumes_bit_identical(tmp_path):
@@ -363,3 +363,87 @@ def test_sigterm_during_start_up_is_not_lost(tmp_path):
     assert proc.returncode == 0 and "Stopped in epoch 0" in text, text[-2000:]
     ck = load_checkpoint(str(out / "checkpoint.pth"))
     assert ck["epoch"] == 0 and ck["iter_in_epoch"] == 1
+
+
+# ------------------------------------------------------------------ per-rank resume, requeue, failures
+def test_resume_restores_each_ranks_own_generators_bit_identical(tmp_path):
+    """The two ranks draw drop-path masks from generators that differ (SSVIT_TEST_RANK_SEED): a run
+    stopped mid-epoch (--max_iters) and resumed equals the uninterrupted one only if each rank gets
+    its own RNG state back (restoring rank 0's on every rank replays rank 0's stream on rank 1)."""
+    env = dict(ENV, SSVIT_TEST_RANK_SEED="7")
+    flags = ["--epochs", "2", "--save_every_minutes", "0"]
+    ref = _torchrun(tmp_path / "ref", flags, env=env)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()[-3000:]
+    out = tmp_path / "cut"
+    for extra in (["--max_iters", "4"], []):
+        p = _torchrun(out, flags + extra, env=env)
+        text = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, text[-3000:]
+    assert "Resumed from" in text and "epoch 0, iteration 4" in text
+    ck = load_checkpoint(str(out / "checkpoint.pth"))
+    assert len(ck["rng_per_rank"]) == 2 and not torch.equal(ck["rng_per_rank"][0]["torch"], ck["rng_per_rank"][1]["torch"])
+    assert_same_weights(load_checkpoint(str(tmp_path / "ref" / "checkpoint.pth")), ck)
+
+
+def _rank_of(pid):
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return int(next(e for e in env if e.startswith(b"SUBMITIT_LOCAL_GLOBALID=")).split(b"=")[1])
+
+
+def test_submitit_two_ranks_sigterm_on_rank1_only_requeues_and_resumes(tmp_path):
+    """A pre-emption seen by rank 1 alone (SIGTERM: submitit's own handler would only log it, and only
+    rank 0 may requeue): both ranks stop at the same step, rank 0 hands the stop to submitit, the job
+    is requeued, resumes, and ends equal to an uninterrupted 2-rank run."""
+    flags = ["--epochs", "2", "--save_every_minutes", "0"]
+    ref = _torchrun(tmp_path / "ref", flags)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()[-3000:]
+    out = tmp_path / "sub"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "run_with_submitit.py"), "--cluster",
+                             "local", "--nodes", "1", "--ngpus", "2", "--device", "cpu", *TINY, "--batch_size_per_gpu",
+                             "4", *flags, "--output_dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, cwd=ROOT)
+    deadline, sent = time.time() + 240, False
+    while time.time() < deadline and proc.poll() is None and not sent:
+        logs = [f for f in os.listdir(out) if f.endswith("_0_log.out")] if out.exists() else []
+        if logs and "Epoch: [0/2]  [1/6]" in (out / logs[0]).read_text():
+            for pid in _task_pids(str(out)):
+                if _rank_of(pid) == 1:
+                    os.kill(pid, signal.SIGTERM)
+                    sent = True
+        time.sleep(0.05)
+    text = proc.communicate(timeout=300)[0]
+    assert sent and proc.returncode == 0 and "finished" in text, text[-3000:]
+    log = "".join((out / n).read_text() for n in sorted(os.listdir(out)) if n.endswith("_0_log.out"))
+    assert "Stopped in epoch 0" in log and "requeuing the job through submitit" in log, log[-3000:]
+    assert "Requeued job" in log and "Resumed from" in log and "epoch 0, iteration" in log, log[-3000:]
+    assert_same_weights(load_checkpoint(str(tmp_path / "ref" / "checkpoint.pth")),
+                        load_checkpoint(str(out / "checkpoint.pth")))
+
+
+def test_an_exception_on_one_rank_ends_the_job_in_seconds_with_its_error_once(tmp_path):
+    """Rank 1 raises at iteration 2. Under torchrun, and as two plain processes with the torchrun
+    variables (srun without --kill-on-bad-exit: no launcher kills the survivor), the job ends within
+    seconds, the error is printed once with its rank, and the survivor leaves quietly."""
+    env = dict(ENV, SSVIT_TEST_FAIL_AT="1:2")
+    t0 = time.time()
+    p = _torchrun(tmp_path / "tr", ["--epochs", "3"], env=env)
+    text = p.communicate(timeout=120)[0]
+    assert p.returncode != 0 and time.time() - t0 < 60, text[-3000:]
+    assert text.count("rank 1: RuntimeError: injected failure at iteration 2") == 1
+    assert "rank 0: " not in text, text[-3000:]
+
+    port = str(29500 + os.getpid() % 2000)
+    procs = []
+    for rank in (0, 1):
+        e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "ddp_worker.py"), *TINY,
+                                       "--batch_size_per_gpu", "4", "--epochs", "3", "--output_dir",
+                                       str(tmp_path / "plain")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=e, cwd=ROOT))
+    t0 = time.time()
+    outs = [q.communicate(timeout=120) for q in procs]
+    ended = time.time() - t0
+    assert [q.returncode for q in procs] == [1, 1], outs
+    assert ended < 60, ended
+    errs = outs[0][1] + outs[1][1]
+    assert errs.count("rank 1: RuntimeError: injected failure at iteration 2") == 1 and "rank 0: " not in errs, errs
