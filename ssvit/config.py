@@ -112,6 +112,9 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max_bad_steps", default=3, type=int,
                    help="a non-finite loss or gradient skips the update; stop after this many in a row "
                         "(the last good checkpoint is kept)")
+    p.add_argument("--dist_backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="process group backend: auto = NCCL on GPU, Gloo on CPU; gloo on GPU lets several ranks "
+                        "share one GPU (tests)")
     p.add_argument("--dist_timeout", default=DEFAULT_TIMEOUT_MINUTES, type=float,
                    help="minutes a collective may wait for the other ranks before the job fails (also the rendezvous); torch's own defaults are 10 (NCCL) and 30 (Gloo)")
     p.add_argument("--save_every_iters", default=0, type=int,

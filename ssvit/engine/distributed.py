@@ -92,11 +92,13 @@ def launcher_env(environ=None) -> Optional[tuple[int, int, int]]:
 
 
 def init_distributed(device: str = "auto", dist_url: str = "env://",
-                     timeout_minutes: Optional[float] = None) -> DistInfo:
+                     timeout_minutes: Optional[float] = None, backend: str = "auto") -> DistInfo:
     """Initialise from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun) or an ``srun`` step of
     several tasks (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID``); otherwise a
     single plain process with no process group. ``timeout_minutes`` bounds every collective (and the
-    rendezvous); under NCCL the group is bound to this rank's GPU (``device_id``)."""
+    rendezvous); under NCCL the group is bound to this rank's GPU (``device_id``). ``backend``: ``auto``
+    = NCCL on GPU, Gloo on CPU; ``gloo`` on GPU too (Gloo handles CUDA tensors: several ranks may then
+    share one GPU, which NCCL refuses -- the GPU smoke run's 2-process checks on one GPU)."""
     found = launcher_env()
     if found is None:
         return DistInfo(device=resolve_device(device))
@@ -108,7 +110,12 @@ def init_distributed(device: str = "auto", dist_url: str = "env://",
                           "torchrun, or export them in the srun script, or pass --dist_url tcp://HOST:PORT)")
     dev = resolve_device(device, local_rank, distributed=True)
     if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"--dist_backend must be auto, nccl or gloo, got {backend!r}")
+        if backend == "nccl" and dev.type != "cuda":
+            raise DeviceError("--dist_backend nccl needs GPUs (this process runs on the CPU)")
+        if backend == "auto":
+            backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         timeout = timedelta(minutes=timeout_minutes or DEFAULT_TIMEOUT_MINUTES)

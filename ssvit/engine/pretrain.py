@@ -95,7 +95,7 @@ def validate_args(args: argparse.Namespace) -> None:
 _RUN_FLAGS_IGNORED = {"output_dir", "data_path", "dist_url", "local_rank", "num_workers", "print_freq", "tensorboard",
                       "save_every_iters", "save_every_minutes", "max_iters", "device", "download", "config",
                       "max_bad_steps", "on_bad_image", "load_from", "pretrained_weights_ckpt",
-                      "compile", "compile_cache_dir", "retain_host_memory", "dist_timeout"}
+                      "compile", "compile_cache_dir", "retain_host_memory", "dist_timeout", "dist_backend"}
 _TMP_RE = re.compile(r"^(checkpoint\d*\.pth|config\.yaml)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -104,7 +104,8 @@ class Trainer:
         get_method(args.method).resolve_args(args)
         validate_args(args)
         self.args = args
-        self.dist = dist_info or init_distributed(args.device, args.dist_url, getattr(args, "dist_timeout", None))
+        self.dist = dist_info or init_distributed(args.device, args.dist_url, getattr(args, "dist_timeout", None),
+                                                     getattr(args, "dist_backend", "auto"))
         self.device = self.dist.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the originals
