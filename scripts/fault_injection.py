@@ -81,6 +81,7 @@ def interrupt(flags, out, mode, rng, duration, torchrun=False) -> dict:
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         if children:
             os.kill(int(rng.choice(children)), signal.SIGKILL)
+            info["killed_at"] = time.time()
     else:
         time.sleep(rng.uniform(0.05, 0.95) * duration)
         sig = {"kill9": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1,
@@ -92,6 +93,8 @@ def interrupt(flags, out, mode, rng, duration, torchrun=False) -> dict:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         text, _ = proc.communicate()
+    if "killed_at" in info:  # how long the launcher took to bring the job down after one rank died
+        info["teardown_s"] = round(time.time() - info.pop("killed_at"), 2)
     info.update(seconds=round(time.time() - t0, 2), returncode=proc.returncode,
                 tmp_after_kill=len([f for f in os.listdir(out) if f.endswith(".tmp")]) if os.path.isdir(out) else 0)
     # did it land: killed (-9), or for the stop signals a "Stopped in epoch" (else the run had ended)
@@ -166,6 +169,10 @@ def main(argv=None):
             trials.append({"family": name, "trial": t, "events": events, "bit_identical": ok, **d})
             print(f"{name} trial {t}: {[e['mode'] + '@' + str(e['seconds']) + 's rc=' + str(e['returncode']) for e in events]}"
                   f" -> bit-identical {ok}, {d}", flush=True)
+        downs = sorted(e["teardown_s"] for tr in trials if tr["family"] == name for e in tr["events"]
+                       if "teardown_s" in e)
+        if downs:
+            stats["teardown_s"] = {"median": downs[len(downs) // 2], "max": downs[-1], "n": len(downs)}
         rows.append(stats)
     print("\n| family | run (s) | trials | interruptions (landed before the end) | bit-identical resumes | "
           "stop signals exit 0 | numbered ckpts complete | log.txt complete | partial files left |")
@@ -175,6 +182,11 @@ def main(argv=None):
               f"{s['bit_identical']}/{s['trials']} | "
               f"{s['graceful_ok']}/{s['graceful']} | {s['numbered_ok']}/{s['trials']} | {s['log_ok']}/{s['trials']} | "
               f"{s['tmp_left']} |")
+    for s in rows:
+        if "teardown_s" in s:
+            t = s["teardown_s"]
+            print(f"{s['family']}: job down {t['median']} s (median), {t['max']} s (max) after a rank's SIGKILL, "
+                  f"{t['n']} kills")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "trials": trials}, f, indent=2)

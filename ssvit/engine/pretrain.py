@@ -249,7 +249,7 @@ class Trainer:
         (every rank's, in rank order: each rank resumes its own streams) for exact resume. ``epoch``
         is the epoch to (re)start; ``iter_in_epoch`` the iterations of it already done; the sampler's
         position follows from both (``set_epoch`` / ``set_start``: the same on every rank)."""
-        rng = torch_rng_state(self.device)
+        rng = rng_per_rank[self.dist.rank] if rng_per_rank is not None else torch_rng_state(self.device)
         state = {
             **self.method.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
