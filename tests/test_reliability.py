@@ -475,3 +475,26 @@ def test_finished_two_rank_runs_exit_zero_with_the_machine_loaded(tmp_path):
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_a_rank_killed_during_start_up_brings_the_job_down_in_seconds(tmp_path):
+    """SIGKILL to rank 1 while it imports torch: rank 0 blocks in the rendezvous and torchrun's
+    teardown SIGTERM arrives there; it must end rank 0 at once (before: recorded as a stop request,
+    so the launcher waited 30 s for its SIGKILL)."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "main_pretrain.py"), *TINY, "--batch_size_per_gpu", "4", "--epochs", "2",
+                             "--output_dir", str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if len(kids) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(max(int(k) for k in kids), signal.SIGKILL)
+    t0 = time.time()
+    text = proc.communicate(timeout=120)[0]
+    down = time.time() - t0
+    assert proc.returncode != 0 and down < 10, (down, text[-3000:])
+    assert "SIGTERM during start-up (rank 0): leaving" in text, text[-3000:]

@@ -9,19 +9,56 @@ so submitit requeues the job and the requeued job resumes from that checkpoint.
 
 ``catch_early()`` (called by ``main_pretrain.py`` before it imports torch) records a signal that
 arrives during start-up -- imports, data and model building take seconds -- instead of letting it
-kill the process; the run then stops at its first step boundary with a checkpoint.
+kill the process; the run then stops at its first step boundary with a checkpoint. In a process of a
+multi-process launch the start-up can block on its peers (the rendezvous of a job whose other rank
+died): there a stop signal during start-up ends the process at once with status 0 -- nothing was
+trained since the last checkpoint -- instead of waiting for the launcher's SIGKILL 30 s later. A
+watcher thread sees the signal through Python's wakeup fd, which is written even while the main
+thread is blocked in C++ (where Python-level handlers do not run).
 """
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from typing import Callable, Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-_EARLY: dict = {"pending": None, "original": {}, "handler": None}
+_EARLY: dict = {"pending": None, "original": {}, "handler": None, "training": False}
 
 
-def catch_early(signals=STOP_SIGNALS) -> None:
-    """Record a stop signal received before ``StopRequest`` is entered (see the module doc)."""
+def launched_with_peers(environ=None) -> bool:
+    """This process is one rank of several (torchrun's ``WORLD_SIZE`` > 1, or an ``srun`` step of
+    several tasks): the test of ``ssvit.engine.distributed.launcher_env``, without importing torch."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"]) > 1
+    return "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+
+
+def _leave_on_stop_during_start_up(read_fd: int, signals) -> None:
+    numbers = {int(s) for s in signals}
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if _EARLY["training"]:  # the training loop honours it (checkpoint, agreed by the ranks)
+            return
+        if numbers.intersection(data):
+            name = signal.Signals(next(b for b in data if b in numbers)).name
+            try:
+                os.write(2, f"{name} during start-up (rank {os.environ.get('RANK', os.environ.get('SLURM_PROCID', '?'))}"
+                            "): leaving; nothing was trained since the last checkpoint\n".encode())
+            finally:
+                os._exit(0)
+
+
+def catch_early(signals=STOP_SIGNALS, environ=None) -> None:
+    """Record a stop signal received before ``StopRequest`` is entered (see the module doc); in a
+    process launched with peers, leave at once on one instead."""
     def handler(signum, frame):
         if _EARLY["pending"] is None:
             _EARLY["pending"] = signum
@@ -31,6 +68,12 @@ def catch_early(signals=STOP_SIGNALS) -> None:
             _EARLY["original"][sig] = signal.signal(sig, handler)
         except ValueError:  # not in the main thread
             pass
+    if launched_with_peers(environ) and threading.current_thread() is threading.main_thread():
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=_leave_on_stop_during_start_up, args=(r, tuple(signals)), daemon=True,
+                         name="ssvit-start-up-stop").start()
 
 
 class StopRequest:
@@ -43,6 +86,7 @@ class StopRequest:
         #                                        a signal while the process winds down is not fatal)
 
     def __enter__(self) -> "StopRequest":
+        _EARLY["training"] = True  # from here on a stop signal is agreed by the ranks at the next step
         for sig in self.signals:
             try:
                 old = signal.signal(sig, self._handler)
