@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python scripts/demo_fashion_mnist.py "$@"
+exec .venv/bin/python -m ssvit demo "$@"

@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
 # RelViT upstream (self-supervised: relations + absolute positions, no positional embeddings), as the seed's script.
-#   bash scripts/upstream.sh --exp_id e1 --backbone vit --model_size small --num_gpus 1 --epochs 100 --dataset cifar10 \
-#       --weight_decay 0.1 --drop_path_rate 0.1 --dropout 0.0
-RELVIT_TASK_NAME=upstream
-RELVIT_TASK_FLAGS=(--task upstream --use_relations --use_abs_positions)
-source "$(dirname "$0")/relvit_common.sh"
+# = ssvit relvit-script upstream (ssvit/cli/relvit_scripts.py); the seed's flags and defaults.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; PY="$ROOT/.venv/bin/python"; [[ -x $PY ]] || PY=python
+exec "$PY" -m ssvit relvit-script upstream "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # RelViT upstream on megapatches (--side_megapatches N, default 5), as the seed's script.
-RELVIT_TASK_NAME=upstream_megapatch
-RELVIT_TASK_FLAGS=(--task upstream --use_relations --use_abs_positions --mega_patches)
-source "$(dirname "$0")/relvit_common.sh"
+# = ssvit relvit-script upstream_MEGApatch (ssvit/cli/relvit_scripts.py); the seed's flags and defaults.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; PY="$ROOT/.venv/bin/python"; [[ -x $PY ]] || PY=python
+exec "$PY" -m ssvit relvit-script upstream_MEGApatch "$@"

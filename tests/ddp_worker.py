@@ -10,10 +10,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from main_pretrain import get_args_parser  # noqa: E402
+from ssvit.cli.pretrain import get_args_parser, make_trainer  # noqa: E402
 from ssvit.cli import exit_status  # noqa: E402
 from ssvit.config import parse_with_config  # noqa: E402
-from ssvit.engine.pretrain import Trainer  # noqa: E402
 from ssvit.utils.distributed import collective_device  # noqa: E402
 import toy_methods  # noqa: E402,F401  (the toy tasks, for the engine-contract tests)
 
@@ -44,7 +43,7 @@ for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_gather_into
 
 def main(argv):
     args = parse_with_config(get_args_parser(argv), argv)
-    trainer = Trainer(args)
+    trainer = make_trainer(args)
     m = trainer.method
     init = {"student": {k: v.clone() for k, v in m.student.state_dict().items()},
             "teacher": {k: v.clone() for k, v in m.teacher.state_dict().items()} if m.has_ema_teacher else {}}
@@ -73,4 +72,5 @@ def main(argv):
 
 if __name__ == "__main__":
     # the entry points' exit path: ordered shutdown on success, one line and a fast exit on error
-    sys.exit(exit_status(lambda: main(sys.argv[1:]), (ValueError,)))
+    from ssvit.cli.main import leave
+    leave(exit_status(lambda: main(sys.argv[1:]), (ValueError,)))

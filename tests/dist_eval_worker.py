@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from main_finetune import parse  # noqa: E402
+from ssvit.cli.finetune import parse  # noqa: E402
 from ssvit.methods.finetune import Finetune  # noqa: E402
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def run_eval_linear_killed_in_epoch(monkeypatch, argv, epoch: int = 1, threads: 
     ``epoch`` (0-based: the epochs before it, and their checkpoints, complete). ``threads`` intra-op
     threads while it runs (1 = the subprocesses' OMP_NUM_THREADS, so their float reductions match)."""
     sys.path.insert(0, ROOT)
-    import eval_linear
+    from ssvit.cli import linear as eval_linear
     real, calls = eval_linear.train_one_epoch, []
 
     def killed(*a, **k):

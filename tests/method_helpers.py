@@ -1,10 +1,10 @@
 """Helpers shared by the method tests: build a method from CLI flags, train it on a fixed batch."""
 import warnings
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser
 from ssvit.config import parse_with_config
 from ssvit.engine.optim import build_optimizer
-from ssvit.engine.pretrain import validate_args
+from ssvit.engine.trainer import validate_args
 from ssvit.methods import get_method
 
 

@@ -1,4 +1,4 @@
-"""CLS attention maps (ssvit.evaluation.attention) and scripts/visualize_attention.py, on a tiny ViT."""
+"""CLS attention maps (ssvit.evaluation.attention) and ``ssvit attention``, on a tiny ViT."""
 from __future__ import annotations
 
 import importlib.util
@@ -69,11 +69,8 @@ def test_threshold_mask_keeps_about_threshold_of_mass(model, threshold):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("visualize_attention", os.path.join(ROOT, "scripts",
-                                                                                     "visualize_attention.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from ssvit.cli import attention
+    return attention
 
 
 def test_visualize_attention_script_writes_pngs(model, tmp_path, capsys):

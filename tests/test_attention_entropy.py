@@ -60,8 +60,7 @@ def test_entropy_meter_running_mean():
 
 
 def _run(tmp_path, arch, ckpt_model, dataset, n=3, size=56, extra=()):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import analyze_models
+    from ssvit.cli import analyze as analyze_models
     ckpt = tmp_path / f"{arch}.pth"
     torch.save({"teacher": ckpt_model.state_dict()}, ckpt)
     out_dir = tmp_path / "out"

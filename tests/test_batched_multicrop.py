@@ -179,7 +179,7 @@ def _run(args):
 
 
 def test_engine_batched_run_resumes_bit_identical(tmp_path):
-    from ssvit.engine.checkpoint import load_checkpoint
+    from ssvit.utils.checkpoint import load_checkpoint
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     p = _run(TINY + ["--output_dir", str(ref)])
     assert p.returncode == 0, p.stderr[-2000:]
@@ -195,11 +195,10 @@ def test_engine_batched_run_resumes_bit_identical(tmp_path):
 
 
 def test_engine_uses_the_batch_transform_on_uint8_batches(tmp_path):
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser, make_trainer
     from ssvit.config import parse_with_config
-    from ssvit.engine.pretrain import Trainer
     argv = TINY + ["--output_dir", str(tmp_path / "r")]
-    t = Trainer(parse_with_config(get_args_parser(argv), argv))
+    t = make_trainer(parse_with_config(get_args_parser(argv), argv))
     assert isinstance(t.batch_transform, BatchedMultiCrop) and t.dataset.seed is None
     img, _, _ = t.dataset[0]
     assert img.dtype == torch.uint8 and img.shape == (3, 32, 32)  # the loader only stacks images
@@ -222,7 +221,7 @@ def test_engine_uses_the_batch_transform_on_uint8_batches(tmp_path):
     (["--dataset", "imagefolder", "--data_path", "/tmp"], "--augmentation batched stacks whole images"),
 ])
 def test_engine_batched_bad_input_is_one_line(tmp_path, flags, message, capsys):
-    import main_pretrain
+    from ssvit.cli import pretrain as main_pretrain
     capsys.readouterr()
     code = main_pretrain.main(TINY + ["--output_dir", str(tmp_path / "r")] + flags)
     err = capsys.readouterr().err

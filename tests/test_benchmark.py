@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: it times the engine's step (clip 0 means no clipping), counts attention
+"""tools/benchmark.py: it times the engine's step (clip 0 means no clipping), counts attention
 FLOPs on CPU, labels the precision it used and knows each chip's peak."""
 import os
 import sys
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import benchmark  # noqa: E402
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssvit.engine.checkpoint import (CheckpointError, extract_backbone_state, load_checkpoint, load_state_checked,
-                                     save_atomic)
+from ssvit.utils.checkpoint import CheckpointError, load_checkpoint, load_state_checked, save_atomic
+from ssvit.models.loading import extract_backbone_state
 
 
 def rename_in_pickle(src, dst, old: bytes, new: bytes):

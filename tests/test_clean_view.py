@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser
 from method_helpers import build_method
 from ssvit.config import parse_with_config
 from ssvit.data.batched_multicrop import BatchedMultiCrop
 from ssvit.data.clean_view import BatchedWithCleanView, WithCleanView, clean_view_batch, clean_view_transform
 from ssvit.data.transforms import DataAugmentationDINO, eval_transform, normalize_transform
-from ssvit.methods import DINO
+from ssvit.methods.dino import DINO
 from ssvit.objectives import DINOLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +111,7 @@ def test_transforms_follow_the_flag_and_dino_sere_refuses_it():
 
 @pytest.mark.parametrize("augmentation", ["pil", "batched"])
 def test_engine_trains_with_a_clean_teacher_view(tmp_path, augmentation):
-    from ssvit.engine.checkpoint import load_checkpoint
+    from ssvit.utils.checkpoint import load_checkpoint
     argv = ["--dataset", "synthetic", "--synthetic_size", "16", "--arch", "vit_pico", "--patch_size", "4",
             "--global_crops_size", "32", "--local_crops_size", "16", "--local_crops_number", "1", "--out_dim", "32",
             "--head_hidden_dim", "32", "--head_bottleneck_dim", "16", "--batch_size_per_gpu", "8",

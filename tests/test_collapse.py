@@ -80,7 +80,7 @@ def test_every_ema_method_reports_collapse_figures(flags):
     batch = default_collate([tf(im) for im in imgs])
     for _ in range(2):
         m.training_step(m.student, batch, 0, 0)
-    s = m.collapse_stats(batch)
+    s = m.epoch_stats(batch)
     assert {"teacher_entropy", "teacher_kl_uniform", "embed_std", "embed_dim"} <= set(s)
     assert 0 < s["teacher_entropy"] <= s["log_out_dim"] + 1e-6 and s["log_out_dim"] == pytest.approx(math.log(32))
     assert s["teacher_kl_uniform"] >= -1e-6 and s["embed_std"] > 0

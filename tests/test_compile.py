@@ -21,14 +21,13 @@ TINY = ["--dataset", "synthetic", "--synthetic_size", "16", "--arch", "vit_pico"
 
 
 def train(out, *flags):
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser, make_trainer
     from ssvit.config import parse_with_config
-    from ssvit.engine.pretrain import Trainer
     argv = TINY + ["--output_dir", str(out), *flags]
-    trainer = Trainer(parse_with_config(get_args_parser(argv), argv))
+    trainer = make_trainer(parse_with_config(get_args_parser(argv), argv))
     trainer.fit()
     trainer.save(0, trainer.iters_this_run)
-    from ssvit.engine.checkpoint import load_checkpoint
+    from ssvit.utils.checkpoint import load_checkpoint
     return trainer, load_checkpoint(str(out / "checkpoint.pth"))
 
 

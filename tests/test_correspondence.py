@@ -44,8 +44,7 @@ def test_match_and_top_order_is_stable_for_ties():
 
 
 def test_analyze_models_script_writes_pngs_and_json(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import analyze_models
+    from ssvit.cli import analyze as analyze_models
 
     from ssvit.models import create_backbone
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The embedded default job's script (scripts/demo_fashion_mnist.py) on tiny synthetic data: its
+"""The embedded default job's script (``ssvit demo``, ``ssvit/cli/demo.py``) on tiny synthetic data: its
 k-NN figures must equal the ones of the generic evaluation path (extract_features / raw pixels)."""
 import json
 import os
@@ -9,15 +9,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def test_demo_results_match_generic_knn_path(tmp_path):
     import argparse
 
-    import demo_fashion_mnist as demo
+    from ssvit.cli import demo
 
-    from ssvit.engine.checkpoint import load_pretrained_weights
+    from ssvit.models.loading import load_pretrained_weights
     from ssvit.evaluation import build_knn_datasets, dataset_labels, extract_features, knn_classifier
     from ssvit.evaluation.knn import raw_pixel_features
     from ssvit.models import create_backbone
@@ -47,7 +46,7 @@ def test_demo_results_match_generic_knn_path(tmp_path):
             self.vit = vit
 
         def forward(self, x):
-            t = self.vit.forward_features(x)
+            t = self.vit.forward_tokens(x)
             return torch.cat([t[:, 0], t[:, 1:].mean(1)], 1)
 
     def top1(model):
@@ -71,13 +70,13 @@ def test_demo_results_match_generic_knn_path(tmp_path):
 
 
 def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
-    import demo_fashion_mnist as demo
+    from ssvit.cli import demo
     from ssvit.models import create_backbone
     torch.manual_seed(0)
     vit = create_backbone("vit_pico", patch_size=4, img_size=16).eval()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        tokens = vit.forward_features(x)
+        tokens = vit.forward_tokens(x)
         got = demo.backbone_features(vit, x, ["cls_avgpool"])["cls_avgpool"]
         assert torch.equal(demo.backbone_features(vit, x, ["cls"])["cls"], tokens[:, 0])
         blocks = vit.get_intermediate_layers(x, 4)
@@ -96,7 +95,7 @@ def test_demo_cls_avgpool_features_are_cls_and_mean_patch_token(tmp_path):
 def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
     import subprocess
     # 32 px crops against the default config's patch 7
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "demo_fashion_mnist.py"), "--dataset",
+    proc = subprocess.run([sys.executable, "-m", "ssvit", "demo", "--dataset",
                            "synthetic", "--synthetic_size", "16", "--global_crops_size", "32", "--output_dir",
                            str(tmp_path / "demo")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -109,7 +108,7 @@ def test_demo_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_a_feature_that_reads_more_blocks_than_the_model_has_is_refused_before_pretraining(tmp_path):
     import pytest
 
-    import demo_fashion_mnist as demo
+    from ssvit.cli import demo
     from ssvit.evaluation.features import backbone_features
     from ssvit.models import create_backbone
     one_block = create_backbone("vit_shallow", patch_size=7, img_size=14).eval()

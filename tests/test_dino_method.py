@@ -1,10 +1,10 @@
 """The DINO method object: construction from the original flags, teacher init, a few steps learn."""
 import torch
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser
 from method_helpers import train_on_fixed_batch
 from ssvit.config import parse_with_config
-from ssvit.methods import DINO
+from ssvit.methods.dino import DINO
 
 FLAGS = ["--arch", "vit_pico", "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8",
          "--local_crops_number", "2", "--out_dim", "32", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",

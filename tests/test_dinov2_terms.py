@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser
 from ssvit.config import parse_with_config
-from ssvit.methods import DINO
+from ssvit.methods.dino import DINO
 from ssvit.objectives import DINOLoss, KoLeoLoss
 from ssvit.objectives.dino_loss import sinkhorn_knopp
 

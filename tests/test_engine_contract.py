@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import toy_methods  # noqa: F401  (registers the toy tasks)
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser, make_trainer
 from ssvit.config import parse_with_config
-from ssvit.engine.pretrain import Trainer
 from ssvit.utils.checkpoint import load_checkpoint
 
 TOY = ["--dataset", "synthetic", "--synthetic_size", "40", "--batch_size_per_gpu", "8", "--num_workers", "0",
@@ -20,7 +19,7 @@ TOY = ["--dataset", "synthetic", "--synthetic_size", "40", "--batch_size_per_gpu
 
 def trainer(tmp_path, method="toy_supervised", extra=(), name="r"):
     argv = TOY + ["--method", method, "--output_dir", str(tmp_path / name), *extra]
-    return Trainer(parse_with_config(get_args_parser(argv), argv))
+    return make_trainer(parse_with_config(get_args_parser(argv), argv))
 
 
 def test_teacherless_task_trains_and_checkpoints_without_a_teacher(tmp_path):
@@ -64,16 +63,44 @@ def test_labels_and_indices_reach_training_step(tmp_path):
         assert labels.tolist() == [base[int(i)][1] for i in index]
 
 
-def test_lr_scale_and_wd_scale_reach_the_optimizer(tmp_path):
+def _scaled_groups(self, student):
+    """The toy's groups with scales: [weight: lr x 0.25, own wd], [bias: lr x 2, wd x 0.5], extra."""
+    weight, bias = student[1].weight, student[1].bias
+    return [{"params": [weight], "lr_scale": 0.25}, {"params": [bias], "lr_scale": 2.0, "wd_scale": 0.5}] + \
+        self.extra_param_groups()
+
+
+def test_lr_scale_and_wd_scale_reach_the_optimizer(tmp_path, monkeypatch):
+    monkeypatch.setattr(toy_methods.ToySupervised, "param_groups", _scaled_groups)
     t = trainer(tmp_path, extra=["--epochs", "1", "--weight_decay", "0.1", "--weight_decay_end", "0.1"])
     g0, g1 = t.optimizer.param_groups[:2]
-    g0["lr_scale"], g1["lr_scale"], g1["wd_scale"] = 0.25, 2.0, 0.5
+    own_wd = g0["weight_decay"]  # no wd_scale: the group keeps the optimizer's weight decay
     t.set_schedules(0)
     lr = t.lr_schedule[0]
     assert g0["lr"] == pytest.approx(0.25 * lr) and g1["lr"] == pytest.approx(2 * lr)
-    assert g0["weight_decay"] == pytest.approx(0.1) and g1["weight_decay"] == pytest.approx(0.05)
-    extra = t.optimizer.param_groups[2:]  # the learned loss weight: 0-d, no decay by DINO's rule
+    assert g0["weight_decay"] == own_wd and g1["weight_decay"] == pytest.approx(0.05)
+    extra = t.optimizer.param_groups[2:]  # the learned loss weight: 0-d, no decay
     assert extra and all(g["wd_scale"] == 0.0 and g["weight_decay"] == 0.0 for g in extra)
+
+
+def test_group_scales_survive_a_resumed_optimizer_whose_groups_lack_them(tmp_path):
+    """A checkpoint's optimizer groups replace the built ones on resume (``load_state_dict``); one
+    written before the groups carried ``wd_scale`` (DINO's originals) must still get the schedule."""
+    t = trainer(tmp_path, extra=["--epochs", "2", "--weight_decay", "0.1", "--weight_decay_end", "0.1"])
+    assert t.optimizer.param_groups[0]["wd_scale"] == 1.0  # the default groups: DINO's rule, explicit
+    t.fit()
+    ck_path = tmp_path / "r" / "checkpoint.pth"
+    ck = load_checkpoint(str(ck_path))
+    for g in ck["optimizer"]["param_groups"]:
+        g.pop("wd_scale", None)
+        g["weight_decay"] = 123.0
+    torch.save(ck, ck_path)
+    t2 = trainer(tmp_path, extra=["--epochs", "3", "--weight_decay", "0.1", "--weight_decay_end", "0.1"])
+    t2.maybe_resume()
+    assert "wd_scale" not in t2.optimizer.param_groups[0]
+    t2.set_schedules(2 * t2.niter_per_ep)
+    assert t2.optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.1)  # scheduled
+    assert t2.optimizer.param_groups[1]["weight_decay"] == 123.0  # no wd_scale: kept
 
 
 def test_validation_hook_tracks_the_best_and_writes_checkpoint_best(tmp_path):

@@ -141,8 +141,9 @@ def test_esvit_mixup_mixes_student_views_only():
 
 
 def test_esvit_run_checkpoint_layout_and_knn_loading(tmp_path):
-    from main_pretrain import main
-    from ssvit.engine.checkpoint import load_checkpoint, load_pretrained_weights
+    from ssvit.cli.pretrain import main
+    from ssvit.utils.checkpoint import load_checkpoint
+    from ssvit.models.loading import load_pretrained_weights
     out = tmp_path / "run"
     rc = main(VIT + ["--dataset", "synthetic", "--synthetic_size", "16", "--local_crops_number", "2",
                      "--local_crops_size", "16", "--use_dense_prediction", "true", "--num_workers", "0",
@@ -246,9 +247,9 @@ def test_esvit_vil_config_files():
 def test_esvit_main_pretrain_accepts_the_config_files(arch, name):
     import warnings
 
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
-    from ssvit.engine.pretrain import validate_args
+    from ssvit.engine.trainer import validate_args
     from ssvit.methods import get_method
     flags = ["--method", "esvit", "--arch", arch, "--aug-opt", "dino_aug",
              "--cfg", os.path.join(CONFIGS, name + ".yaml")]

@@ -91,7 +91,7 @@ def test_finetune_loads_a_pretraining_checkpoint_and_resumes_exactly(tmp_path):
     log = [json.loads(line) for line in (full / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and {"val_acc1", "val_acc5", "best_acc1"} <= set(log[-1])
     # the teacher (the default --checkpoint_key) was loaded, not the zeroed student
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     from ssvit.methods.finetune import Finetune
     m = Finetune(parse(CLI + ["--finetune", str(ck)]))
     assert torch.equal(m.student.backbone.cls_token, bb.cls_token)
@@ -101,7 +101,7 @@ def test_finetune_loads_a_pretraining_checkpoint_and_resumes_exactly(tmp_path):
 
 
 def test_mae_flags_map_onto_the_engine():
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     args = parse(CLI + ["--blr", "2e-3", "--clip_grad", "1.5", "--drop_path", "0.2", "--output_dir", "/tmp/x"])
     assert args.lr == 2e-3 and args.finetune_clip_grad == 1.5 and args.clip_grad == 0 and args.drop_path_rate == 0.2
     assert args.batch_size_per_gpu == 16 and args.arch == "vit_pico" and args.weight_decay == args.weight_decay_end
@@ -149,10 +149,10 @@ def test_global_pool_is_maes_fc_norm_of_the_mean_patch_token_and_cls_token_is_di
     ids = layer_ids(m)
     assert ids["fc_norm.weight"] == ids["head.weight"] == 5  # depth 4 + 1: lr_scale 1
     c = FinetuneModel(ref, 10, global_pool=False).eval()  # --cls_token: the normed CLS token
-    torch.testing.assert_close(c.forward_features(x), ref(x))
+    torch.testing.assert_close(c.features(x), ref(x))
     s = FinetuneModel(create_backbone("swin_pico"), 10, global_pool=True)  # multi-stage: its own pooling
     assert not s.global_pool and not hasattr(s, "fc_norm")
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     assert parse(["--output_dir", "/tmp/x"]).global_pool is True and parse(["--output_dir", "/tmp/x"]).dist_eval is False
     assert parse(["--cls_token", "--output_dir", "/tmp/x"]).global_pool is False
 
@@ -162,7 +162,7 @@ def test_dist_eval_shards_the_validation_and_sums_exactly(tmp_path):
     padded duplicate, unlike MAE's sampler) and the reduced stats equal one process evaluating
     everything; without it every rank evaluates all 17."""
     flags = CLI + ["--synthetic_size", "68", "--output_dir", str(tmp_path / "o"), "--eval_batch_size", "3"]
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     from ssvit.methods.finetune import Finetune
     torch.manual_seed(0)
     m = Finetune(parse(flags))

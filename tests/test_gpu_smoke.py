@@ -1,4 +1,4 @@
-"""scripts/gpu_smoke.sh in its CPU mode (tiny sizes, Gloo for NCCL), so the GPU script cannot rot."""
+"""tools/gpu_smoke.sh in its CPU mode (tiny sizes, Gloo for NCCL), so the GPU script cannot rot."""
 import os
 import subprocess
 
@@ -7,7 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_gpu_smoke_script_passes_on_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OUT=str(tmp_path / "smoke"), WORK=str(tmp_path / "work"))
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_smoke.sh"), "--device", "cpu"], capture_output=True,
+    p = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_smoke.sh"), "--device", "cpu"], capture_output=True,
                        text=True, env=env, cwd=ROOT, timeout=580)
     out = p.stdout
     assert p.returncode == 0 and "[smoke] all checks passed" in out, out[-4000:] + p.stderr[-2000:]
@@ -40,7 +40,7 @@ def test_gpu_smoke_reports_a_missing_package_skips_its_checks_and_times_out_a_hu
     (hide / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", OUT=str(tmp_path / "smoke"), WORK=str(tmp_path / "work"),
                PYTHON=str(stub), CHECK_TIMEOUT="20", PYTHONPATH=str(tmp_path / "hide"))
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_smoke.sh"), "--device", "cpu", "--part", "bench"],
+    p = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_smoke.sh"), "--device", "cpu", "--part", "bench"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-2000:]
     assert "[smoke] missing packages: submitit (pip install them)" in p.stdout, p.stdout[-3000:]

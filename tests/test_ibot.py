@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser, make_trainer
 from ssvit.config import parse_with_config
 from ssvit.data.masking import MaskedCrops, MaskGenerator
-from ssvit.engine.checkpoint import load_pretrained_weights, save_atomic
+from ssvit.models.loading import load_pretrained_weights
+from ssvit.utils.checkpoint import save_atomic
 from method_helpers import build_method, train_on_fixed_batch
 from ssvit.models import create_backbone
 from ssvit.models.ibot_head import iBOTHead
@@ -367,7 +368,7 @@ def test_original_ibot_full_checkpoint_and_backbone_file_load_for_evaluation(tmp
 
 
 def test_eval_knn_cli_loads_ibot_checkpoint_with_teacher_key(tmp_path):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     torch.manual_seed(0)
     m, args = build()
     path = tmp_path / "ibot.pth"
@@ -384,8 +385,7 @@ def test_accum_iter_two_half_batches_equal_one_full_batch(tmp_path):
     same lr by the effective-batch scaling, centers frozen within the accumulation window)."""
     import warnings
 
-    from ssvit.engine.checkpoint import load_checkpoint
-    from ssvit.engine.pretrain import Trainer
+    from ssvit.utils.checkpoint import load_checkpoint
     base = ["--method", "ibot", "--dataset", "synthetic", "--synthetic_size", "16", "--arch", "vit_pico",
             "--patch_size", "4", "--global_crops_size", "16", "--local_crops_size", "8", "--local_crops_number", "1",
             "--out_dim", "32", "--patch_out_dim", "32", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
@@ -398,7 +398,7 @@ def test_accum_iter_two_half_batches_equal_one_full_batch(tmp_path):
         args = parse_with_config(get_args_parser(flags), flags)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trainer = Trainer(args)
+            trainer = make_trainer(args)
             if init is None:
                 init = {k: v.clone() for k, v in trainer.method.student.state_dict().items()}
             trainer.fit()

@@ -207,7 +207,7 @@ def _synthetic_batch(n):
 
 
 def test_eval_knn_full_checkpoint_dump_and_reload(ckpts, tmp_path, capsys):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     dump = tmp_path / "feats" / "sub"  # created if missing
     res = eval_knn.main(_args(ckpts["full"], "--checkpoint_key", "teacher", "--dump_features", str(dump)))
     out = capsys.readouterr().out
@@ -244,7 +244,7 @@ def test_eval_knn_full_checkpoint_dump_and_reload(ckpts, tmp_path, capsys):
 
 @pytest.mark.parametrize("which", ["backbone", "ibot"])
 def test_eval_knn_backbone_only_and_ibot_files(ckpts, tmp_path, which):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     dump = tmp_path / which
     eval_knn.main(_args(ckpts[which], "--dump_features", str(dump)))
     f = torch.load(dump / "trainfeat.pth", weights_only=True)
@@ -254,7 +254,7 @@ def test_eval_knn_backbone_only_and_ibot_files(ckpts, tmp_path, which):
 
 
 def test_eval_knn_wrong_architecture_fails_listing_keys(ckpts, capsys):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     rc = eval_knn.cli(_args(ckpts["tiny"]))
     err = capsys.readouterr().err
     assert rc == 2
@@ -264,7 +264,7 @@ def test_eval_knn_wrong_architecture_fails_listing_keys(ckpts, capsys):
 
 
 def test_eval_knn_empty_weights_and_missing_data_fail_clearly(ckpts, capsys, tmp_path):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     rc = eval_knn.cli(_args(""))
     err = capsys.readouterr().err
     assert rc == 2 and "--pretrained_weights is required" in err and "Traceback" not in err
@@ -279,7 +279,7 @@ def test_eval_knn_imagefolder(ckpts, tmp_path):
     """data_path/train and data_path/val in ImageFolder order, eval_size 16 (resize round(16*256/224)=18)."""
     import numpy as np
     from PIL import Image
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     for split, n in (("train", 3), ("val", 2)):
         for c, colour in enumerate(((250, 10, 10), (10, 10, 250))):
             os.makedirs(tmp_path / "data" / split / f"class{c}")
@@ -338,7 +338,7 @@ def test_knn_similarity_dtype_runs_the_matmul_in_that_precision():
 
 
 def test_eval_knn_half_precision_without_a_gpu_and_bad_chunk_fail_in_one_line(tmp_path, capsys):
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     for flags, msg in ((["--knn_dtype", "bf16"], "--knn_dtype bf16 is for a GPU"),
                        (["--knn_chunk_size", "0"], "--knn_chunk_size must be >= 1")):
         rc = eval_knn.cli(["--load_features", str(tmp_path / "never_read"), "--use_cuda", "false", *flags])

@@ -1,4 +1,4 @@
-"""scripts/knn_probe.py: several feature choices from one pass, baselines, on real Fashion-MNIST images."""
+"""tools/knn_probe.py: several feature choices from one pass, baselines, on real Fashion-MNIST images."""
 import os
 import sys
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
                                 reason="needs the Debian package dataset-fashion-mnist (scripts/setup.sh installs it)")
@@ -39,7 +39,7 @@ def test_probe_features_equal_an_independent_computation(tmp_path):
     ytr, yte = torch.tensor(tr.targets[:60]), torch.tensor(te.targets[:25])
     with torch.no_grad():
         def cls_avg(x):
-            t = other.forward_features(x)
+            t = other.forward_tokens(x)
             return F.normalize(torch.cat([t[:, 0], t[:, 1:].mean(1)], 1), dim=1)
         expected = knn_classifier(cls_avg(xtr), ytr, cls_avg(xte), yte, 5, 0.07, num_classes=10)[0]
     assert res["trained/cls_avgpool"] == pytest.approx(expected)
@@ -48,7 +48,7 @@ def test_probe_features_equal_an_independent_computation(tmp_path):
 def test_default_job_sweep_script_writes_one_row_per_probe(tmp_path):
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "sweep"), PROBE_TRAIN="100", PROBE_TEST="40")
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "default_job_sweep.sh"), "2", "plain=",
+    p = subprocess.run(["bash", os.path.join(ROOT, "tools", "default_job_sweep.sh"), "2", "plain=",
                         "bn=--use_bn_in_head true --batch_size_per_gpu 8"], capture_output=True, text=True,
                        env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -70,7 +70,7 @@ def test_a_feature_the_model_cannot_give_is_one_line_and_exit_2(tmp_path):
     from ssvit.models import create_backbone
     model = create_backbone("vit_shallow", patch_size=7, img_size=28)
     torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "run.pth")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), str(tmp_path / "run.pth"), "--arch",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "knn_probe.py"), str(tmp_path / "run.pth"), "--arch",
                            "vit_shallow", "--patch_size", "7", "--features", "cls", "last4_cls"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -110,7 +110,7 @@ def test_arch_and_patch_size_default_to_what_the_checkpoint_recorded(tmp_path):
 
 def test_a_missing_checkpoint_is_one_line_and_exit_2_before_any_data_is_read(tmp_path):
     import subprocess
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "knn_probe.py"), str(tmp_path / "none.pth")],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "knn_probe.py"), str(tmp_path / "none.pth")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'none.pth'}' does not exist"]

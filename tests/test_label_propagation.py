@@ -11,11 +11,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ssvit.models.backbone import Backbone
+
 from ssvit.data.synthetic_sequences import COLOURS, frame_sequence, write_davis, write_ipace
 from ssvit.evaluation.label_propagation import (hard_labels, label_propagation, neighbourhood_mask, norm_mask,
                                                 propagate, to_one_hot)
-from ssvit.evaluation.segmentation_io import (IPACE_COLOURS, davis_palette, davis_size, ipace_palette,
-                                              read_seg_davis, read_seg_nearest, resize_uint8_bilinear)
+from ssvit.utils.label_png import IPACE_COLOURS, davis_palette, ipace_palette
+from ssvit.evaluation.segmentation_io import davis_size, read_seg_davis, read_seg_nearest, resize_uint8_bilinear
 from ssvit.evaluation.segmentation_metrics import ConfusionMatrix
 from ssvit.evaluation.video_segmentation import DAVIS, IPACE, segment_sequence
 
@@ -183,7 +185,7 @@ def test_seed_label_downsampling_rules(tmp_path):
 
 
 # --------------------------------------------------------------------------- generated sequences
-class ColourFeatures(nn.Module):
+class ColourFeatures(Backbone):
     """A 'trained-looking' ViT stand-in: each patch's feature is the one-hot of the nearest shape colour
     (or 'background') of its mean pixel, plus a tiny position code that breaks ties locally."""
 
@@ -196,7 +198,9 @@ class ColourFeatures(nn.Module):
         self.register_buffer("std", std.view(1, 3, 1, 1))
         self.register_buffer("colours", torch.tensor(COLOURS, dtype=torch.float32) / 255.0)
 
-    def get_intermediate_layers(self, x, n=1):
+    is_token_model = True
+
+    def forward_intermediates(self, x, n=1, norm=True):
         p = self.patch_size
         h, w = x.shape[2] // p, x.shape[3] // p
         rgb = (x * self.std + self.mean)[:, :, :h * p, :w * p]

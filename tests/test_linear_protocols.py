@@ -174,7 +174,7 @@ def test_lr_sweep_cli_reports_the_best_lr_checkpoints_and_resumes(tmp_path):
 
 def test_lr_sweep_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     sys.path.insert(0, ROOT)
-    import eval_linear
+    from ssvit.cli import linear as eval_linear
     w = _weights(tmp_path, patch_size=4, img_size=32)
     flags = BASE + ["--pretrained_weights", w, "--cache_features", "true", "--lr_sweep", "true",
                     "--lrs", "0.01", "1", "--sweep_lr_only", "false", "--epochs", "3"]
@@ -215,7 +215,7 @@ def test_esvit_cfg_swin_linear_probe_and_comma_keys(tmp_path):
 
 def test_bad_protocol_flags_are_one_line_errors(tmp_path, capsys):
     sys.path.insert(0, ROOT)
-    import eval_linear
+    from ssvit.cli import linear as eval_linear
     w = _weights(tmp_path, patch_size=4, img_size=32)
     for extra, msg in ((["--avgpool_patchtokens", "2"], "a boolean"),
                        (["--linear_protocol", "dino", "--avgpool_patchtokens", "true"], "needs --n_last_blocks 1"),

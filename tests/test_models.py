@@ -67,7 +67,7 @@ def test_any_input_size_and_outputs():
         x = torch.randn(2, 3, *size)
         cls = m(x)
         assert cls.shape == (2, 96)
-        tokens = m.forward_features(x)
+        tokens = m.forward_tokens(x)
         n = (size[0] // 4) * (size[1] // 4)
         assert tokens.shape == (2, 1 + n, 96)
         torch.testing.assert_close(cls, tokens[:, 0])
@@ -77,7 +77,7 @@ def test_any_input_size_and_outputs():
     inter = m.get_intermediate_layers(torch.randn(1, 3, 16, 16), n=2)
     assert len(inter) == 2 and inter[-1].shape == (1, 17, 96)
     x = torch.randn(1, 3, 16, 16)
-    torch.testing.assert_close(m.get_intermediate_layers(x, n=1)[0], m.forward_features(x))
+    torch.testing.assert_close(m.get_intermediate_layers(x, n=1)[0], m.forward_tokens(x))
 
 
 def test_attention_map_matches_explicit_block_computation():

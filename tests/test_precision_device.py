@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ssvit.engine import distributed as edist
-from ssvit.engine import metrics
+from ssvit.utils import metrics
 from ssvit.models.heads import DINOHead, WeightNormLinear
 from ssvit.objectives import DINOLoss
 from ssvit.utils import distributed as udist
@@ -70,7 +70,7 @@ def test_amp_dtype_choice(monkeypatch, native, amp, expected):
 
 
 def test_amp_default_is_fp16_and_cpu_is_fp32():
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     args = get_args_parser([]).parse_args([])
     assert args.amp_dtype == "fp16" and args.use_fp16 is True
     assert select_amp_dtype(torch.device("cpu"), True, args.amp_dtype) is None
@@ -226,7 +226,7 @@ def test_process_group_gets_the_timeout_and_under_nccl_the_device(monkeypatch):
 def test_eval_knn_use_cuda_false_keeps_extraction_on_the_gpu(monkeypatch):
     """--use_cuda false keeps only the feature bank and the k-NN on the CPU (the original's
     meaning): the extraction device is the process's device, chosen with 'auto'."""
-    import eval_knn
+    from ssvit.cli import knn as eval_knn
     asked, used = [], []
     fake_gpu = torch.device("meta")  # stands in for cuda:0
 

@@ -180,7 +180,7 @@ def _run(args):
 
 
 def test_seed_script_flags_parse():
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
     argv = ["--method", "relvit", "--seed", "35771", "--logger", "wandb", "--mode", "train", "--task", "upstream",
             "--grad_clip_val", "1.0", "--exp_id", "x", "--backbone", "vit", "--model_size", "small", "--num_gpus", "1",

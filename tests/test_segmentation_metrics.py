@@ -1,5 +1,4 @@
-"""ssvit/evaluation/segmentation_metrics.py and scripts/compute_segmentation_metrics.py,
-eval_ipace_segmentation.py, eval_video_segmentation.py: IoU against hand-computed confusion matrices
+"""ssvit/evaluation/segmentation_metrics.py, ``ssvit seg-metrics`` and ``ssvit propagate`` (both layouts): IoU against hand-computed confusion matrices
 (the 255 rules, absent classes), the overlay picture, and the three scripts end to end on generated
 sequences with a small ViT checkpoint (outputs, palettes, seeds, JSON, exit 2 on bad input)."""
 import json
@@ -13,15 +12,28 @@ import torch
 from PIL import Image
 
 from ssvit.data.synthetic_sequences import write_davis, write_ipace
-from ssvit.evaluation.segmentation_io import IPACE_COLOURS, davis_palette
+from ssvit.utils.label_png import IPACE_COLOURS, davis_palette
 from ssvit.evaluation.segmentation_metrics import ConfusionMatrix, overlay_panel, region_similarity, render_semseg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from ssvit.cli import propagate  # noqa: E402
+from ssvit.cli import segmentation_metrics as csm  # noqa: E402
 
-import compute_segmentation_metrics as csm  # noqa: E402
-import eval_ipace_segmentation as eis  # noqa: E402
-import eval_video_segmentation as evs  # noqa: E402
+
+class _Layout:
+    """``ssvit propagate`` with its ``--layout`` fixed (the DAVIS and I-PACE commands of the originals)."""
+
+    def __init__(self, layout):
+        self.flags = ["--layout", layout]
+
+    def main(self, argv):
+        return propagate.main(self.flags + argv)
+
+    def cli(self, argv):
+        return propagate.cli(self.flags + argv)
+
+
+eis, evs = _Layout("ipace"), _Layout("davis")
 
 
 def test_iou_by_hand_with_the_255_rules_and_absent_classes():
@@ -174,14 +186,13 @@ def test_mae_checkpoints_load_their_encoder(tmp_path, monkeypatch):
         vs.build_propagation_backbone("resnet50", 16, path)
 
 
-@pytest.mark.parametrize("script,args,msg", [
-    ("eval_video_segmentation.py", ["--data_path", "/nonexistent"], "video list not found"),
-    ("eval_ipace_segmentation.py", ["--data_path", "/nonexistent"], "--data_path not found"),
-    ("compute_segmentation_metrics.py", ["--prediction_path", "x"], "give --dataset_path"),
+@pytest.mark.parametrize("command,args,msg", [
+    ("propagate", ["--data_path", "/nonexistent"], "video list not found"),
+    ("propagate", ["--layout", "ipace", "--data_path", "/nonexistent"], "--data_path not found"),
+    ("seg-metrics", ["--prediction_path", "x"], "give --dataset_path"),
 ])
-def test_bad_input_is_one_line_and_exit_2(script, args, msg):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], capture_output=True, text=True,
-                       cwd=ROOT)
+def test_bad_input_is_one_line_and_exit_2(command, args, msg):
+    r = subprocess.run([sys.executable, "-m", "ssvit", command, *args], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from main_pretrain import get_args_parser
+from ssvit.cli.pretrain import get_args_parser, make_trainer
 from ssvit.config import parse_with_config
 from ssvit.data.overlap import DataAugmentationOverlap, OverlapCropPipeline, get_grid
 from method_helpers import build_method, train_on_fixed_batch, transform_batch
@@ -187,7 +187,8 @@ def test_ibot_sere_layout_weights_and_param_groups():
         assert f"backbone.{prefix}.predictor.0.weight" in sd and f"backbone.{prefix}.projection.0.running_mean" in sd
     assert "backbone.masked_embed" in sd and set(m.criterion.state_dict()) == {"center", "center2", "center_accum",
                                                                              "center2_accum"}
-    assert m.teacher_has_batchnorm()  # -> teacher saved with the 'module.' prefix, as SERE's DDP teacher
+    from ssvit.utils.params import has_batchnorm
+    assert has_batchnorm(m.teacher)  # -> teacher saved with the 'module.' prefix, as SERE's DDP teacher
     # SERE decays biases (its utils.get_params_groups); only 1-D non-bias parameters are exempt
     decayed, free = m.param_groups(m.student)
     names = {id(p): n for n, p in m.student.named_parameters()}
@@ -238,22 +239,21 @@ SEED_VIT_B = ("--arch vit_base --teacher_temp 0.07 --teacher_patch_temp 0.07 --w
 def test_seed_sere_commands_parse_and_take_one_step(cmd, arch, dim, tmp_path):
     """The README commands of MCG-NKU/SERE, unchanged, plus only where the data comes from and a
     one-step budget (the batch is shrunk to 2 images to fit a CPU test)."""
-    from ssvit.engine.checkpoint import load_checkpoint
-    from ssvit.engine.pretrain import Trainer
+    from ssvit.utils.checkpoint import load_checkpoint
     flags = ["--method", "ibot_sere", *cmd.split(), "--output_dir", str(tmp_path), "--dataset", "synthetic",
              "--synthetic_size", "2", "--batch_size_per_gpu", "2", "--num_workers", "0", "--max_iters", "1",
              "--tensorboard", "false"]
     args = parse_with_config(get_args_parser(flags), flags)
     assert (args.alpha, args.beta, args.clip_grad, args.out_dim, args.local_crops_number) == (0.2, 0.5, 0.3, 8192, 10)
     torch.manual_seed(0)
-    trainer = Trainer(args)
+    trainer = make_trainer(args)
     assert trainer.method.student.backbone.embed_dim == dim
     trainer.fit()
     ck = load_checkpoint(str(tmp_path / "checkpoint.pth"))
     assert ck["method"] == "ibot_sere" and "module.backbone.pixel_sere_local.predictor.0.weight" in ck["teacher"]
     assert ck["ibot_loss"]["center"].abs().sum() > 0  # one loss call happened
     # the SERE teacher (module.-prefixed, with relation heads) loads into a plain ViT for evaluation
-    from ssvit.engine.checkpoint import load_pretrained_weights
+    from ssvit.models.loading import load_pretrained_weights
     from ssvit.models import create_backbone
     vit = create_backbone(arch, patch_size=16)
     load_pretrained_weights(vit, str(tmp_path / "checkpoint.pth"), "teacher", arch)

@@ -134,7 +134,7 @@ def test_model_has_the_original_layout_and_outputs():
     x = torch.randn(2, 3, 16, 16)
     out = m(x)
     assert [tuple(o.shape) for o in out] == [(2, 4), (2, 512), (2, 3, 16, 16), (1,), (1,), (1,)]
-    tokens = m.forward_features(x)
+    tokens = m.forward_tokens(x)
     assert tokens.shape == (2, 2 + 16, 96)
     torch.testing.assert_close(out[0], m.rot_head(tokens[:, 0]))
     torch.testing.assert_close(out[1], m.contrastive_head(tokens[:, 1]))
@@ -198,7 +198,7 @@ def _run(args):
 
 
 def test_seed_readme_command_parses():
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
     argv = ["--method", "sit", "--batch-size", "72", "--epochs", "501", "--min-lr", "5e-6", "--lr", "1e-3",
             "--training-mode", "SSL", "--data-set", "STL10", "--output", "checkpoints/SSL/STL10", "--validate-every", "10"]
@@ -231,7 +231,7 @@ def test_exact_resume_and_the_checkpoint_loads_for_knn(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     ssl = create_backbone("sit_pico", img_size=16, training_mode="SSL")
     ssl.load_state_dict({k[len("module."):]: v for k, v in a["student"].items()})
-    tokens = ssl.eval().forward_features(x)
+    tokens = ssl.eval().forward_tokens(x)
     torch.testing.assert_close(model(x), torch.cat([tokens[:, 0], tokens[:, 1]], 1))
 
 
@@ -245,7 +245,7 @@ def test_ssl_losses_as_metrics_during_training_and_from_the_script(tmp_path):
     keys = {"val_loss", "val_acc1", "val_acc5", "val_contrastive_loss", "val_reconstruction_loss", "val_total_loss"}
     assert keys <= set(log) and log["val_acc5"] == 100.0 and 0 <= log["val_acc1"] <= 100
     assert (tmp_path / "run" / "reconstruction_samples" / "Test_epoch_0.png").is_file()
-    script = [sys.executable, os.path.join(ROOT, "scripts", "eval_ssl_losses.py"), "--pretrained_weights",
+    script = [sys.executable, "-m", "ssvit", "ssl-losses", "--pretrained_weights",
               str(tmp_path / "run" / "checkpoint.pth"), "--arch", "sit_pico", "--patch_size", "4", "--input-size", "16",
               "--data-set", "synthetic", "--synthetic_size", "32", "--batch-size", "6", "--num_workers", "0"]
     outs = []
@@ -327,7 +327,7 @@ def test_finetune_mode_translates_the_seed_flags():
             "--training-mode finetune --validate-every 10 --SiT_LinearEvaluation 1 --data-set CIFAR100 "
             "--output out --no-model-ema --clip-grad None --pin-mem --representation-size 1024").split()
     assert is_sit_finetune(seed) and not is_sit_finetune(["--method", "sit"])
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     a = parse(finetune_argv(seed))
     assert (a.arch, a.batch_size_per_gpu, a.epochs, a.lr, a.weight_decay, a.weight_decay_end, a.min_lr, a.val_freq) == \
         ("sit_base", 120, 501, 5e-4, 5e-4, 5e-4, 5e-6, 10)  # lr per 512 images = blr per 256 / 2
@@ -385,7 +385,7 @@ def test_finetune_evaluation_averages_the_two_heads_and_sums_their_losses():
 
 
 def test_the_rest_of_mains_flags_and_the_eval_mode(tmp_path):
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
     from ssvit.methods.sit import SiT
     argv = ["--method", "sit", "--data-set", "STL10", "--opt", "adamw", "--sched", "cosine", "--cooldown-epochs", "10",
@@ -415,9 +415,9 @@ def test_an_original_layout_checkpoint_loads_for_knn_and_finetuning(tmp_path):
     from ssvit.evaluation.knn import build_eval_backbone
     model = build_eval_backbone("sit_pico", 4, str(path), "teacher")
     x = torch.randn(2, 3, 16, 16)
-    t = ssl.eval().forward_features(x)
+    t = ssl.eval().forward_tokens(x)
     torch.testing.assert_close(model(x), torch.cat([t[:, 0], t[:, 1]], 1))
-    from main_finetune import parse
+    from ssvit.cli.finetune import parse
     from ssvit.methods.finetune import Finetune
     ft = Finetune(parse(["--model", "sit_pico", "--patch_size", "4", "--input_size", "16", "--nb_classes", "5",
                          "--finetune", str(path), "--output_dir", str(tmp_path / "ft")]))

@@ -115,7 +115,7 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_readme_command_parses():
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
     argv = ["--method", "sit_v2", "--batch_size", "64", "--epochs", "801", "--data-set", "ImageNet", "--output_dir", "x"]
     a = parse_with_config(get_args_parser(argv), argv)

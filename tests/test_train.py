@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from ssvit.engine.checkpoint import load_checkpoint, save_atomic
+from ssvit.utils.checkpoint import load_checkpoint, save_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "synthetic", "--synthetic_size", "48", "--arch", "vit_pico", "--patch_size", "4",
@@ -32,7 +32,7 @@ def run_in_process(args, capsys):
     For bad-input checks that stop before training (a subprocess costs seconds of imports each);
     the process-level behaviour is covered by the subprocess tests."""
     import types
-    import main_pretrain
+    from ssvit.cli import pretrain as main_pretrain
     capsys.readouterr()
     try:
         code = main_pretrain.main(list(args))
@@ -215,7 +215,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_submitit_launcher_runs_the_job_with_local_executor(tmp_path):
     out = tmp_path / "sub"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_with_submitit.py"), "--cluster", "local",
+    p = subprocess.run([sys.executable, "-m", "ssvit", "submit", "--cluster", "local",
                         "--nodes", "1", "--ngpus", "1", "--device", "cpu", *TINY, "--epochs", "1", "--output_dir",
                         str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 0 and "finished" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
@@ -226,7 +226,7 @@ def test_submitit_launcher_runs_the_job_with_local_executor(tmp_path):
 def test_yaml_values_are_checked_and_converted_like_flags(tmp_path, capsys):
     """argparse only converts / checks command-line values: a YAML choice outside the list is a one-line
     error, and YAML's booleans for a three-way flag (--fused_adamw) read as the flag's words."""
-    from main_pretrain import get_args_parser
+    from ssvit.cli.pretrain import get_args_parser
     from ssvit.config import parse_with_config
     cfg = tmp_path / "c.yaml"
     cfg.write_text("fused_adamw: true\naugmentation: batched\n")

@@ -357,7 +357,7 @@ def test_small_inputs_padding_and_tiny_grids(pico):
 def test_outputs_pooling_and_n_last_blocks(pico):
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        tokens = pico.forward_features(x)
+        tokens = pico.forward_tokens(x)
         cls, reg = pico.forward_dense(x)
         assert tokens.shape == (2, 9, 64)  # stage 4 has no global token: region = all tokens
         torch.testing.assert_close(cls, tokens.mean(1))
@@ -386,7 +386,7 @@ def test_global_token_view_feature_and_avg_pool():
     m = MsViT(arch, img_size=64).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        t = m.forward_features(x)
+        t = m.forward_tokens(x)
         cls, reg = m.forward_dense(x)
         assert t.shape == (2, 2 + 16, 32)
         torch.testing.assert_close(cls, t[:, 0])

@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssvit.methods import SSLMethod, register_method
+from ssvit.engine.schedules import linear_scaled_cosine
+from ssvit.engine.task import TrainingTask
+from ssvit.methods import register_method
 
 
 class _Tensor8:
@@ -17,7 +19,7 @@ class _Tensor8:
 
 
 @register_method("toy_supervised")
-class ToySupervised(SSLMethod):
+class ToySupervised(TrainingTask):
     """Cross entropy of a linear classifier on 8x8 grey pixels, weighted by a learned uncertainty
     ``exp(-s) * CE + s`` with ``s`` a parameter of the criterion (outside the student)."""
     has_ema_teacher = False
@@ -34,6 +36,9 @@ class ToySupervised(SSLMethod):
 
     def build_transform(self, args):
         return _Tensor8()
+
+    def schedules(self, args, niter_per_ep, bs_total):
+        return linear_scaled_cosine(args, niter_per_ep, bs_total, ema_teacher=False)
 
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         self.seen_labels.append((labels.clone(), index.clone()))

@@ -89,7 +89,7 @@ def frame_sequence(seed: int, n_frames: int = 12, size: tuple[int, int] = (100, 
 def write_davis(root: str, n_sequences: int = 2, n_frames: int = 12, size: tuple[int, int] = (100, 140),
                 seed: int = 0, palette: Optional[np.ndarray] = None) -> list[str]:
     """DAVIS-2017 layout under ``root``; returns the sequence names (also in ``ImageSets/2017/val.txt``)."""
-    from ..evaluation.segmentation_io import davis_palette, imwrite_indexed
+    from ..utils.label_png import davis_palette, imwrite_indexed
     palette = davis_palette() if palette is None else palette
     names = []
     for s in range(n_sequences):

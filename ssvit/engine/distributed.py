@@ -13,8 +13,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from ..utils.distributed import (DEFAULT_TIMEOUT_MINUTES, all_reduce_flags, barrier,  # noqa: F401
-                                 collective_device, get_rank, get_world_size, is_dist, is_main_process)
+from ..utils.distributed import DEFAULT_TIMEOUT_MINUTES
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""One training iteration, shared by the engine (``Trainer``), ``scripts/benchmark.py`` and the tests.
+"""One training iteration, shared by the engine (``Trainer``), ``tools/benchmark.py`` and the tests.
 
 Order (facebookresearch/dino ``train_one_epoch``, training spec §1): forward + loss under autocast,
 the loss read on the host (logging and the finiteness check, as the originals), backward (through
 the GradScaler with fp16), then on the stepping iteration of an accumulation window: the gradients
-of the task's parameters outside the (DDP) student averaged over ranks, unscale, per-parameter
-clipping, the method's ``after_backward`` (DINO: last-layer gradient cancelling), optimizer step,
+of the task's parameters outside the (DDP) student averaged over ranks, unscale, clipping (the
+task's ``ClipPolicy``: per parameter as DINO, or the global norm), the method's ``after_backward`` (DINO: last-layer gradient cancelling), optimizer step,
 EMA teacher update.
 
 Beyond the originals, a non-finite loss (or, in fp32, a non-finite gradient) does not end the run:
@@ -23,6 +23,14 @@ import torch.nn as nn
 from ..utils.distributed import all_reduce_max, collective_device, is_dist
 from ..utils.params import clip_gradients
 from ..utils.precision import autocast
+
+
+def clip_global_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The norm of all gradients together scaled to <= ``max_norm`` (``clip_grad_norm_``); returns it."""
+    return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+
+
+CLIP_FUNCTIONS = {"per_parameter": clip_gradients, "global_norm": clip_global_norm}
 
 
 class StepResult(NamedTuple):
@@ -45,12 +53,16 @@ class TrainStep:
 
     def __init__(self, method: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer, *,
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None, clip_grad: float = 0.0,
-                 accum_iter: int = 1, agree_every_step: bool = True, clip_fn=clip_gradients):
+                 accum_iter: int = 1, agree_every_step: bool = True, clip_mode: str = "per_parameter",
+                 clip_fn=None):
         self.method, self.student, self.optimizer = method, student, optimizer
         self.device, self.amp_dtype = device, amp_dtype
         self.clip_grad, self.accum_iter = clip_grad, accum_iter
         self.agree = agree_every_step
-        self.clip_fn = clip_fn  # scripts/benchmark.py --compare_original swaps in the original's loop
+        if clip_mode not in CLIP_FUNCTIONS:
+            raise ValueError(f"clip mode must be one of {', '.join(CLIP_FUNCTIONS)}, got {clip_mode!r}")
+        # tools/benchmark.py --compare_original swaps in the original's per-parameter loop
+        self.clip_fn = clip_fn or CLIP_FUNCTIONS[clip_mode]
         self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 

@@ -8,7 +8,7 @@ every model compared, e.g. a trained and a randomly initialised ViT).
 * ``last4_cls``: the final-normed CLS tokens of the last 4 blocks, concatenated (B, 4D) -- DINO's
   linear-probe feature for ViT-S (``--n_last_blocks 4``).
 
-Several choices at once share one forward pass (``get_intermediate_layers``).
+Several choices at once share one forward pass (``forward_intermediates``).
 """
 from __future__ import annotations
 
@@ -44,5 +44,5 @@ def backbone_features(model: nn.Module, images: torch.Tensor, kinds: Sequence[st
     check_features(model, kinds)
     if list(kinds) == ["cls"]:
         return {"cls": model(images)}
-    blocks = model.get_intermediate_layers(images, max(FEATURES[k][0] for k in kinds))
+    blocks = model.forward_intermediates(images, max(FEATURES[k][0] for k in kinds))
     return {k: FEATURES[k][1](blocks, model.num_prefix_tokens) for k in kinds}

@@ -140,12 +140,12 @@ def hard_labels(soft: torch.Tensor, size: Optional[tuple[int, int]] = None,
 @torch.no_grad()
 def patch_features(model: nn.Module, frame: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, int, int]:
     """(3, H, W) normalised frame -> ((h*w, D) last-block final-normed patch tokens, h, w), the prefix
-    tokens (CLS; SiT's two) dropped; h = H // p, w = W // p (the bottom/right remainder is not seen)."""
+    tokens (CLS) dropped; h = H // p, w = W // p (the bottom/right remainder is not seen)."""
     h, w = frame.shape[1] // patch_size, frame.shape[2] // patch_size
     # the original DINO ViT's strided conv ignores the remainder; timm's patch embedding refuses it
     x = frame[:, :h * patch_size, :w * patch_size].unsqueeze(0).to(next(model.parameters()).device)
-    out = model.get_intermediate_layers(x, n=1)[0]
-    out = out[0, getattr(model, "num_prefix_tokens", 1):]
+    out = model.forward_intermediates(x, 1)[0]
+    out = out[0, model.num_prefix_tokens:]
     if out.shape[0] != h * w:
         raise ValueError(f"the model gave {out.shape[0]} patch tokens for a {h}x{w} grid")
     return out, h, w

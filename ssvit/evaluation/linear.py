@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.metrics import MetricLogger
+from ..models.backbone import Backbone, has_last_blocks, is_token_model
+from ..utils.metrics import MetricLogger, accuracy
 
 PROTOCOLS = ("dino", "ibot", "esvit")
 
@@ -68,8 +69,10 @@ class ClassifierBank(nn.Module):
         return [h(x) for h in self.heads]
 
 
-class RawPixels(nn.Module):
+class RawPixels(Backbone):
     """The raw-pixel baseline as a "backbone": the (normalised) image flattened, (B, C*H*W)."""
+
+    has_last_blocks = False
 
     def __init__(self, channels: int, size: int):
         super().__init__()
@@ -77,11 +80,6 @@ class RawPixels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
-
-
-def is_token_model(model: nn.Module) -> bool:
-    """A ViT (CLS + patch tokens): ``get_intermediate_layers`` and a flat ``blocks`` list."""
-    return hasattr(model, "get_intermediate_layers") and hasattr(model, "blocks")
 
 
 def num_blocks(model: nn.Module) -> Optional[int]:
@@ -93,7 +91,7 @@ def num_blocks(model: nn.Module) -> Optional[int]:
 
 def default_protocol(model: nn.Module) -> str:
     """``esvit`` for multi-stage backbones (Swin / CvT / ViL: their n-last-blocks rule), else ``dino``."""
-    return "dino" if is_token_model(model) or not hasattr(model, "forward_return_n_last_blocks") else "esvit"
+    return "dino" if is_token_model(model) or not has_last_blocks(model) else "esvit"
 
 
 def parse_avgpool(value, protocol: str) -> int:
@@ -131,15 +129,15 @@ class LinearFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, n, avgpool = self.model, self.n, self.avgpool
         if not is_token_model(m):
-            if self.protocol == "dino" or not hasattr(m, "forward_return_n_last_blocks"):
+            if self.protocol == "dino" or not has_last_blocks(m):
                 return m(x)
-            return m.forward_return_n_last_blocks(x, n, bool(avgpool))
-        prefix = getattr(m, "num_prefix_tokens", 1)
+            return m.forward_last_blocks(x, n, bool(avgpool))
+        prefix = m.num_prefix_tokens
         if self.protocol == "esvit":
-            return m.forward_return_n_last_blocks(x, n, bool(avgpool))
+            return m.forward_last_blocks(x, n, bool(avgpool))
         if self.protocol == "ibot" and avgpool == 1:
-            return m.get_intermediate_layers(x, 1, norm=False)[-1][:, prefix:].mean(dim=1)
-        out = m.get_intermediate_layers(x, n)
+            return m.forward_intermediates(x, 1, norm=False)[-1][:, prefix:].mean(dim=1)
+        out = m.forward_intermediates(x, n)
         feats = torch.cat([o[:, 0] for o in out], dim=-1)
         if avgpool == 0:
             return feats
@@ -186,21 +184,13 @@ def check_feature_flags(model: nn.Module, n_last_blocks: int, avgpool_patchtoken
     if avgpool_patchtokens not in ((0, 1, 2) if protocol == "ibot" else (0, 1)):
         raise ValueError(f"--avgpool_patchtokens {avgpool_patchtokens} is not valid with --linear_protocol {protocol}")
     total = num_blocks(model)
-    uses_blocks = is_token_model(model) or (protocol != "dino" and hasattr(model, "forward_return_n_last_blocks"))
+    uses_blocks = is_token_model(model) or (protocol != "dino" and has_last_blocks(model))
     if uses_blocks and total is not None and n_last_blocks > total:
         raise ValueError(f"--n_last_blocks {n_last_blocks} exceeds the {total} blocks of the model")
     if protocol == "dino" and is_token_model(model) and avgpool_patchtokens and n_last_blocks != 1:
         raise ValueError("--avgpool_patchtokens true needs --n_last_blocks 1 with DINO's protocol (the original "
                          "interleaves the CLS features with the mean patch token element by element); "
                          "--linear_protocol esvit or ibot concatenate instead")
-
-
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
-    """Percentages of samples whose target is among the top-k logits, for each k (DINO's ``utils.accuracy``)."""
-    maxk = max(topk)
-    _, pred = output.topk(maxk, 1, True, True)
-    correct = pred.t().eq(target.reshape(1, -1).expand_as(pred.t()))
-    return [correct[:k].reshape(-1).float().sum(0) * 100.0 / target.size(0) for k in topk]
 
 
 def _as_list(x) -> list:
@@ -307,7 +297,7 @@ def build_head_optimizer(params, name: str, lr: float, weight_decay: float) -> t
     if name == "sgd":
         return torch.optim.SGD(params, lr, momentum=0.9, weight_decay=weight_decay)
     if name == "lars":
-        from ..engine.optim import LARS
+        from ..utils.lars import LARS
         return LARS(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
     raise ValueError(f"unknown optimiser {name!r} (sgd or lars)")
 

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .segmentation_io import IGNORE, IPACE_COLOURS
+from ..utils.label_png import IGNORE, IPACE_COLOURS
 
 
 class ConfusionMatrix:

@@ -1,6 +1,6 @@
 """Segment a frame sequence by label propagation from its first frame's annotation and write indexed PNGs:
-the common body of ``scripts/eval_video_segmentation.py`` (DAVIS-2017) and
-``scripts/eval_ipace_segmentation.py`` (I-PACE chunks), plus the backbone they evaluate.
+the common body of ``ssvit propagate`` (DAVIS-2017) and
+``ssvit propagate --layout ipace`` (I-PACE chunks), plus the backbone they evaluate.
 
 Two recipes (``Recipe``): ``DAVIS`` (frames resized as DINO's ``read_frame``, first annotation via PIL
 NEAREST, one-hot over ``max + 1`` labels, predictions upsampled ``x p`` then PIL NEAREST to the original
@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.backbone import is_token_model
 from .label_propagation import hard_labels, patch_features, propagate
-from .segmentation_io import (frame_stem, imwrite_indexed, pil_nearest_resize, read_frame, read_seg_davis,
-                              read_seg_nearest)
+from .segmentation_io import frame_stem, pil_nearest_resize, read_frame, read_seg_davis, read_seg_nearest
+from ..utils.label_png import imwrite_indexed
 
 
 class Recipe(NamedTuple):
@@ -122,8 +123,8 @@ def build_propagation_backbone(arch: str, patch_size: int, pretrained_weights: s
         model = model.to(device).eval()
     else:
         model = build_eval_backbone(arch, patch_size, pretrained_weights, checkpoint_key, device)
-    if not hasattr(model, "get_intermediate_layers"):
-        raise ValueError(f"--arch {arch}: label propagation needs a ViT (patch tokens from get_intermediate_layers)")
+    if not is_token_model(model):
+        raise ValueError(f"--arch {arch}: label propagation needs a ViT (the last block's patch tokens)")
     for prm in model.parameters():
         prm.requires_grad = False
     return model

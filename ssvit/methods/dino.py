@@ -16,7 +16,7 @@ from ..data.transforms import DataAugmentationDINO
 from ..models import DINOHead, MultiCropWrapper, create_backbone
 from ..objectives import DINOLoss
 from ..objectives.dino_loss import CENTERINGS
-from .base import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args, register_method
+from .dino_family import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args
 
 
 def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module:
@@ -24,8 +24,8 @@ def build_backbone(args: argparse.Namespace, drop_path_rate: float) -> nn.Module
                            img_size=args.global_crops_size)
 
 
-@register_method("dino")
 class DINO(DINOFamily):
+    name = "dino"
     loss_key = "dino_loss"
 
     def __init__(self, args: argparse.Namespace):

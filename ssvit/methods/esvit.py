@@ -21,7 +21,7 @@ from ..models import DINOHead, create_backbone
 from ..models.esvit_config import backbone_kwargs_from_cfg, is_multistage, load_esvit_config
 from ..models.esvit_wrapper import EsViTWrapper
 from ..objectives import DDINOLoss, DINOLoss
-from .base import DINOFamily, check_self_distillation_args, register_method
+from .dino_family import DINOFamily, check_self_distillation_args
 
 AUG_OPTS = ("dino_aug", "deit_aug")
 
@@ -110,8 +110,8 @@ class DataAugmentationDeiT:
         return crops
 
 
-@register_method("esvit")
 class EsViT(DINOFamily):
+    name = "esvit"
     loss_key = "dino_loss"
 
     def __init__(self, args: argparse.Namespace):

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 
 from ..config import bool_flag
 from ..models import create_backbone
-from .base import SSLMethod, register_method
+from ..models.backbone import is_token_model
+from ..engine.schedules import linear_scaled_cosine
+from ..engine.task import ClipPolicy, TrainingTask
 from .weight_ema import WeightEMA
 
 
@@ -49,7 +51,7 @@ class FinetuneModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         dim = int(getattr(backbone, "num_features", None) or backbone.embed_dim)
-        self.global_pool = bool(global_pool) and hasattr(backbone, "forward_blocks")
+        self.global_pool = bool(global_pool) and is_token_model(backbone)
         if self.global_pool:
             backbone.norm = nn.Identity()
             self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
@@ -57,14 +59,15 @@ class FinetuneModel(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
         nn.init.zeros_(self.head.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D): the input of the classifier head."""
         if self.global_pool:
             tokens = self.backbone.forward_blocks(x)
             return self.fc_norm(tokens[:, getattr(self.backbone, "num_prefix_tokens", 1):].mean(dim=1))
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.head(self.features(x))
 
 
 def add_finetune_args(parser: argparse.ArgumentParser) -> None:
@@ -236,8 +239,8 @@ def build_finetune_transform(args, is_train: bool):
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-@register_method("finetune")
-class Finetune(WeightEMA, SSLMethod):
+class Finetune(WeightEMA, TrainingTask):
+    name = "finetune"
     has_ema_teacher = False
     loss_key = "criterion"
     best_metric = "acc1"
@@ -325,8 +328,8 @@ class Finetune(WeightEMA, SSLMethod):
         return repeated_aug_sampler(dataset, num_replicas, rank, "--repeated_aug")
 
     def schedules(self, args, niter_per_ep, bs_total):
-        if args.lr_sched != "timm_epoch":
-            return None
+        if args.lr_sched != "timm_epoch":  # MAE's: per-iteration warm-up + half cosine, lr x batch / 256
+            return linear_scaled_cosine(args, niter_per_ep, bs_total, ema_teacher=False)
         from ..objectives.schedules import timm_epoch_schedules
         return timm_epoch_schedules(args.lr * bs_total / 256.0, args.epochs, args.warmup_lr, args.warmup_epochs,
                                     args.min_lr, args.weight_decay, niter_per_ep)
@@ -334,9 +337,10 @@ class Finetune(WeightEMA, SSLMethod):
     def param_groups(self, student):
         return param_groups_lrd(self.student, self.args.weight_decay, self.args.layer_decay)
 
-    def after_backward(self, epoch):
-        if self.args.finetune_clip_grad:  # MAE clips the global norm (the engine's --clip_grad is per parameter)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.args.finetune_clip_grad)
+    def clip_policy(self, args):
+        if args.finetune_clip_grad:  # MAE clips the global norm (the engine's --clip_grad is per parameter)
+            return ClipPolicy("global_norm", float(args.finetune_clip_grad))
+        return super().clip_policy(args)
 
     # ---- validation
     def val_loader(self):
@@ -363,7 +367,7 @@ class Finetune(WeightEMA, SSLMethod):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
-        from ..evaluation.linear import accuracy
+        from ..utils.metrics import accuracy
         device = next(model.parameters()).device
         was = model.training
         model.eval()

@@ -20,7 +20,7 @@ from ..models import MultiCropWrapper, create_backbone
 from ..models.esvit_config import is_multistage
 from ..models.ibot_head import iBOTHead
 from ..objectives import iBOTLoss
-from .base import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args, register_method
+from .dino_family import DINOFamily, add_koleo_args, check_koleo_args, check_self_distillation_args
 
 
 def add_ibot_args(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +68,8 @@ def check_ibot_args(args: argparse.Namespace) -> None:
     MaskGenerator(args.pred_ratio, args.pred_ratio_var, pred_shape=args.pred_shape)  # validates the ratios
 
 
-@register_method("ibot")
 class iBOT(DINOFamily):
+    name = "ibot"
     loss_key = "ibot_loss"
 
     def __init__(self, args: argparse.Namespace):

@@ -43,7 +43,7 @@ from torchvision import transforms
 from ..models.relvit import RelViT
 from ..objectives.relvit import (SSLSignal, accuracy, create_megapatches_grid, cross_entropy,
                                  get_patch_transforms, image2patches, patches2image)
-from .base import SSLMethod, register_method
+from ..engine.task import ClipPolicy, Schedules, TrainingTask
 
 # name: (ssvit dataset, image side, patch size, classes, (mean, std), transform family)
 _IMNET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -145,8 +145,8 @@ def decay_lr(lr_init: float, max_steps: int, lr_end: float = 1.25e-6) -> np.ndar
     return out
 
 
-@register_method("relvit")
-class RelViTMethod(SSLMethod):
+class RelViTMethod(TrainingTask):
+    name = "relvit"
     has_ema_teacher = False
     # the relation heads' ``v_lin`` is computed and discarded, and ``pos_embed`` is unused without
     # --use_positional_embeddings (the upstream recipe): Lightning's DDP (find_unused_parameters=True by default)
@@ -279,18 +279,17 @@ class RelViTMethod(SSLMethod):
 
     def schedules(self, args, niter_per_ep, bs_total):
         steps = args.epochs * niter_per_ep
-        return {"lr": decay_lr(args.lr, steps), "wd": np.full(steps, args.weight_decay, dtype=np.float64),
-                "momentum": None}
+        return Schedules(decay_lr(args.lr, steps), np.full(steps, args.weight_decay, dtype=np.float64), None)
 
     def param_groups(self, student):
         """The original optimises ``self.parameters()`` in one group with one weight decay."""
         params = [p for p in getattr(student, "module", student).parameters() if p.requires_grad]
         return [{"params": params, "wd_scale": 1.0}]
 
-    def after_backward(self, epoch):
-        if self.args.grad_clip_val:  # Lightning's gradient_clip_val: the global norm
-            torch.nn.utils.clip_grad_norm_([p for p in self.student.parameters() if p.requires_grad],
-                                           self.args.grad_clip_val)
+    def clip_policy(self, args):
+        if args.grad_clip_val:  # Lightning's gradient_clip_val: the global norm
+            return ClipPolicy("global_norm", float(args.grad_clip_val))
+        return super().clip_policy(args)
 
     def losses(self, logits: dict, batch: dict, labels, part: str) -> tuple[torch.Tensor, dict]:
         """The original's ``training_step``: the sum of the enabled task losses and the logged metrics."""

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..data.overlap import DataAugmentationOverlap
 from ..models.sere import SEREMultiCropWrapper, add_sere_heads
 from ..objectives import ChannelSERELoss, PixelSERELoss
-from .base import SSLMethod, register_method
+from ..engine.task import TrainingTask
 from .dino import DINO
 from .ibot import iBOT
 
@@ -56,7 +56,7 @@ def sere_param_groups(model: nn.Module) -> list[dict]:
             regularized.append(param)
         else:
             not_regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+    return [{"params": regularized, "wd_scale": 1.0}, {"params": not_regularized, "weight_decay": 0.0}]
 
 
 class SERETerms:
@@ -105,10 +105,10 @@ class SERETerms:
         return base_loss * (4 - self.alpha - self.beta) / 2.0 + loss_pixel * self.alpha + loss_channel * self.beta
 
 
-@register_method("ibot_sere")
 class iBOTSERE(SERETerms, iBOT):
     """iBOT + SERE. Logged ``loss`` is the iBOT part (as the original); ``loss_attn`` = L_pixel,
     ``loss_attn_ffn`` = L_channel. The optimised loss is their weighted sum."""
+    name = "ibot_sere"
 
     def loss_extra_kwargs(self, args):
         return dict(accum_iter=args.accum_iter, accum_buffers=True)  # SERE's ibot_loss layout
@@ -123,17 +123,19 @@ class iBOTSERE(SERETerms, iBOT):
         crops, masks = batch["crops"], batch["masks"]
         grid1, grid2 = batch["grid1"], batch["grid2"]
         L = len(crops) - 2
-        t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
-        feats, s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, masks=masks[:2], teacher=False,
-                                                    return_backbone_feat=True)
+        t = self.teacher(crops[:2], grid1, grid2, teacher=True)
+        s = student(crops[:2], grid1, grid2, masks=masks[:2], teacher=False, return_backbone_feat=True)
+        t_out, s_out, feats = t.head_out, s.head_out, s.backbone_feat
         s_local_cls = s_ch_local = s_px_local = None
         if L > 0:
-            s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
-            s_local_cls = s_local[0]
+            local = student(crops[2:], teacher=False)
+            s_local_cls = local.head_out[0]
+            s_ch_local, s_px_local = local.relation_channel_local, local.relation_pixel_local
         self.observe_teacher(t_out[0], epoch)
         all_loss = self.criterion(s_out, t_out, s_local_cls, masks, epoch, it=it)
-        loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
-                                                        (t_ch, t_px, t_px_global), L, batch)
+        loss_pixel, loss_channel = self.relation_losses(
+            (s.relation_channel, s.relation_pixel, s_ch_local, s_px_local),
+            (t.relation_channel, t.relation_pixel, t.relation_pixel_global), L, batch)
         ibot_loss = all_loss.pop("loss")
         loss = self.combine(ibot_loss, loss_pixel, loss_channel)
         extra = {"loss": ibot_loss.item(), **{k: v.item() for k, v in all_loss.items()},
@@ -142,17 +144,17 @@ class iBOTSERE(SERETerms, iBOT):
         return self.with_koleo(loss, extra, feats[:, 0], 2)
 
 
-@register_method("dino_sere")
 class DINOSERE(SERETerms, DINO):
     """DINO + SERE relations (no masking): ``(4 - alpha - beta)/2 * L_DINO + alpha * L_pixel +
     beta * L_channel``, DINO's heads, loss, flags and defaults; crops with overlap tracking.
     The student runs the global crops and the local crops in two calls (the relations of each
     group are needed); only ``--use_bn_in_head`` batch statistics can differ from one call."""
+    name = "dino_sere"
 
     def build_transform(self, args):
         return self.sere_transform(args)
 
-    build_batch_transform = SSLMethod.build_batch_transform  # SERE's crops carry overlap grids: per image only
+    build_batch_transform = TrainingTask.build_batch_transform  # SERE's crops carry overlap grids: per image only
 
     @classmethod
     def check_args(cls, args):
@@ -163,16 +165,19 @@ class DINOSERE(SERETerms, DINO):
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         crops, grid1, grid2 = batch["crops"], batch["grid1"], batch["grid2"]
         L = len(crops) - 2
-        t_out, t_ch, t_px, _, _, t_px_global = self.teacher(crops[:2], grid1, grid2, teacher=True)
-        feats, s_out, s_ch, s_px, _, _, _ = student(crops[:2], grid1, grid2, teacher=False, return_backbone_feat=True)
+        t = self.teacher(crops[:2], grid1, grid2, teacher=True)
+        s = student(crops[:2], grid1, grid2, teacher=False, return_backbone_feat=True)
+        t_out, s_out, feats = t.head_out, s.head_out, s.backbone_feat
         s_ch_local = s_px_local = None
         if L > 0:
-            s_local, _, _, s_ch_local, s_px_local, _ = student(crops[2:], teacher=False)
-            s_out = torch.cat([s_out, s_local])
+            local = student(crops[2:], teacher=False)
+            s_ch_local, s_px_local = local.relation_channel_local, local.relation_pixel_local
+            s_out = torch.cat([s_out, local.head_out])
         self.observe_teacher(t_out, epoch)
         dino = self.criterion(s_out, t_out, epoch)
-        loss_pixel, loss_channel = self.relation_losses((s_ch, s_px, s_ch_local, s_px_local),
-                                                        (t_ch, t_px, t_px_global), L, batch)
+        loss_pixel, loss_channel = self.relation_losses(
+            (s.relation_channel, s.relation_pixel, s_ch_local, s_px_local),
+            (t.relation_channel, t.relation_pixel, t.relation_pixel_global), L, batch)
         loss = self.combine(dino, loss_pixel, loss_channel)
         extra = {"loss": dino.item(), "loss_attn": loss_pixel.item(), "loss_attn_ffn": loss_channel.item()}
         return self.with_koleo(loss, extra, feats, 2)

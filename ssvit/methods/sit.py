@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ..models import create_backbone
 from ..objectives.sit import MTL_loss, RandomRotation, distortImages
-from .base import SSLMethod, register_method
+from ..engine.task import ClipPolicy, TrainingTask
 from .weight_ema import WeightEMA
 
 
@@ -70,8 +70,8 @@ def build_sit_transform(input_size: int, is_train: bool = True, color_jitter: fl
                                transforms.CenterCrop(input_size), *norm])
 
 
-@register_method("sit")
-class SiT(WeightEMA, SSLMethod):
+class SiT(WeightEMA, TrainingTask):
+    name = "sit"
     has_ema_teacher = False
     loss_key = "criterion"
 
@@ -229,7 +229,7 @@ class SiT(WeightEMA, SSLMethod):
         return self._val_loader
 
     def validate(self, epoch):
-        from ..evaluation.ssl_losses import evaluate_sit_losses
+        from ..objectives.sit_eval import evaluate_sit_losses
         from ..utils.distributed import is_main_process
         pic = os.path.join(self.args.output_dir, "reconstruction_samples", f"Test_epoch_{epoch}.png") \
             if is_main_process() else None
@@ -245,6 +245,10 @@ class SiT(WeightEMA, SSLMethod):
         return timm_epoch_schedules(args.lr * bs_total / 512.0, args.epochs, args.warmup_lr, args.warmup_epochs,
                                     args.min_lr, args.weight_decay, niter_per_ep)
 
+    def clip_policy(self, args):
+        """main.py's ``--clip-grad``: timm's ``NativeScaler(clip_grad=...)``, mode ``norm`` -- the global norm."""
+        return ClipPolicy("global_norm", float(args.clip_grad or 0.0))
+
     def param_groups(self, student):
         """timm's ``add_weight_decay``: no decay for 1-D tensors, biases and ``no_weight_decay()``."""
         bare = getattr(student, "module", student)
@@ -254,7 +258,7 @@ class SiT(WeightEMA, SSLMethod):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0}]
+        return [{"params": decay, "wd_scale": 1.0}, {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0}]
 
     def corruption_rng(self, epoch: int, it: int, device: torch.device):
         from ..utils.distributed import get_rank

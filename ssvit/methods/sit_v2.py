@@ -33,7 +33,9 @@ from ..models import create_backbone
 from ..models.sit import CLSHead, FullPipline, RECHead
 from ..objectives.sit import GMML_drop_rand_patches, GMML_replace_list, SimCLR
 from ..utils.precision import fp32_island
-from .base import SSLMethod, check_self_distillation_args, register_method
+from ..engine.schedules import linear_scaled_cosine
+from ..engine.task import TrainingTask
+from .dino_family import check_self_distillation_args
 
 
 class DataAugmentationSiT:
@@ -79,8 +81,8 @@ class SiTv2Loss(nn.Module):
         return c_loss + self.lmbda * r_loss, c_loss, r_loss
 
 
-@register_method("sit_v2")
-class SiTv2(SSLMethod):
+class SiTv2(TrainingTask):
+    name = "sit_v2"
     loss_key = "sit_loss"
 
     @classmethod
@@ -135,6 +137,10 @@ class SiTv2(SSLMethod):
             p.requires_grad = False
         self.criterion = SiTv2Loss(args.simclr_temp, args.lmbda)
 
+    def schedules(self, args, niter_per_ep, bs_total):
+        """main_SiT.py's: DINO's cosine lr / weight decay / teacher momentum."""
+        return linear_scaled_cosine(args, niter_per_ep, bs_total)
+
     def build_transform(self, args):
         return DataAugmentationSiT(args)
 
@@ -165,7 +171,7 @@ class SiTv2(SSLMethod):
 
     def save_reconstructions(self, epoch, clean, corrupted, recons, mask) -> None:
         """The original's per-epoch grid: clean, corrupted, reconstructed and mask rows (<= 15 each)."""
-        from ..evaluation.ssl_losses import save_reconstruction_grid
+        from ..objectives.sit_eval import save_reconstruction_grid
         from ..utils.distributed import is_main_process
         if not is_main_process() or not getattr(self.args, "output_dir", None):
             return

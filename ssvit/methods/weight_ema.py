@@ -8,7 +8,7 @@ import torch
 
 
 class WeightEMA:
-    """Mixin for an ``SSLMethod``: call ``init_weight_ema(enabled)`` after building ``student``. (No
+    """Mixin for a ``TrainingTask``: call ``init_weight_ema(enabled)`` after building ``student``. (No
     class-level ``ema`` default: it would shadow the submodule that ``nn.Module`` registers.)"""
 
     def init_weight_ema(self, enabled: bool) -> None:

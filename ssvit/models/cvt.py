@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, QuickGELU, trunc_normal_
 
+from .backbone import Backbone, Features
 from .registry import register_backbone
 
 __all__ = ["CvT", "spec_to_kwargs", "cvt_tiny", "cvt_small", "cvt_tiny_w14", "cvt_small_w14", "cvt_pico"]
@@ -312,7 +313,7 @@ def _init_weights(m: nn.Module, init: str = "trunc_norm") -> None:
             nn.init.zeros_(m.bias)
 
 
-class CvT(nn.Module):
+class CvT(Backbone):
     """EsViT ``cvt_v4`` backbone without classifier.
 
     ``forward(x)`` (B, 3, H, W) -> pooled view-level feature (B, C_last) (EsViT's ``forward_features``).
@@ -395,13 +396,13 @@ class CvT(nn.Module):
             x = stage(x)
         return x
 
-    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (pooled (B, C), region tokens (B, h*w, C)), both after the final norm."""
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """``Features(pooled (B, C), region tokens (B, h*w, C))``, both after the final norm."""
         tokens = self.norm(self.forward_maps(x).flatten(2).transpose(1, 2))
-        return tokens.mean(dim=1), tokens
+        return Features(tokens.mean(dim=1), tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_dense(x)[0]
+        return self.forward_features(x).cls
 
     def forward_return_n_last_blocks(self, x: torch.Tensor, n: int = 1, return_patch_avgpool: bool = False,
                                      depths: Sequence[int] = (), depth: Sequence[int] = ()) -> torch.Tensor:

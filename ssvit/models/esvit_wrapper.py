@@ -9,7 +9,7 @@ states line up too.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -34,14 +34,22 @@ def _nest_backbone_keys(module, state_dict, prefix, local_metadata, strict, miss
             state_dict[prefix + "backbone." + rest] = state_dict.pop(k)
 
 
+class DenseOutput(NamedTuple):
+    """EsViT's dense output (rows crop-major, then image, then token)."""
+    head: torch.Tensor        # head(pooled) (ncrops*B, K)
+    head_dense: torch.Tensor  # head_dense(tokens) (sum B*N_g, K)
+    tokens: torch.Tensor      # region tokens (sum B*N_g, C)
+    npatch: list              # N_g per resolution group
+
+
 class EsViTWrapper(MultiCropWrapper):
     """Run the backbone once per resolution group; return EsViT's outputs.
 
     Input: a tensor (B, 3, H, W) or a list of crops (crop-major, globals first). The backbone must
-    provide ``forward(x) -> (B, C)`` and, for dense prediction, ``forward_dense(x) -> ((B, C),
-    (B, N, C))`` (pooled view feature, final-normed region tokens).
+    provide ``forward(x) -> (B, C)`` and, for dense prediction, ``forward_features(x) -> Features(cls (B, C),
+    patch_tokens (B, N, C))`` (pooled view feature, final-normed region tokens).
 
-    Output without dense prediction: ``head(cat(pooled))`` (ncrops*B, K). With it, EsViT's 4-tuple
+    Output without dense prediction: ``head(cat(pooled))`` (ncrops*B, K). With it, EsViT's 4 outputs as a ``DenseOutput``
     ``(head(pooled) (ncrops*B, K), head_dense(tokens) (sum B*N_g, K), tokens (sum B*N_g, C),
     npatch [N_g per resolution group])``, rows crop-major, then image, then token.
     """
@@ -63,11 +71,11 @@ class EsViTWrapper(MultiCropWrapper):
             x = [x]
         pooled, tokens, npatch, start = [], [], [], 0
         for end in self.group_boundaries(x):
-            cls, fea = self.backbone.forward_dense(torch.cat(x[start:end]))
+            cls, fea = self.backbone.forward_features(torch.cat(x[start:end]))
             b, n, c = fea.shape
             pooled.append(cls)
             tokens.append(fea.reshape(b * n, c))
             npatch.append(n)
             start = end
         pooled, tokens = torch.cat(pooled), torch.cat(tokens)
-        return self.head(pooled), self.head_dense(tokens), tokens, npatch
+        return DenseOutput(self.head(pooled), self.head_dense(tokens), tokens, npatch)

@@ -185,8 +185,8 @@ class RelViT(nn.Module):
         out = {}
         mask = self.args.attn_mask if self.args.attn_mask else None
         if self.kind == "swin":
-            pooled, z_patches = self.backbone.forward_dense(x)
-            feats = {"z": pooled, "z_patches": z_patches}  # Swin's classifier reads the average-pooled tokens
+            f = self.backbone.forward_features(x)
+            feats = {"z": f.cls, "z_patches": f.patch_tokens}  # Swin's classifier reads the average-pooled tokens
         else:
             feats = self.backbone(x, mask=mask)
         z_patches = feats["z_patches"] + feats["z"].unsqueeze(1) if self.args.add_clf_to_patches else feats["z_patches"]

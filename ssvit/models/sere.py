@@ -8,7 +8,7 @@ so SERE checkpoints load; they read the last block's patch tokens *before* the f
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -103,12 +103,23 @@ def sampling(relation: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return align_relation(relation, grid, grid)
 
 
+class SEREOutput(NamedTuple):
+    """What ``SEREMultiCropWrapper`` returns (None where a crop group does not produce it)."""
+    head_out: Any                                  # the head's output on all crops of the call
+    relation_channel: Optional[torch.Tensor]       # global crops: channel relation (z teacher / p student)
+    relation_pixel: Optional[torch.Tensor]         # global crops: pixel relation aligned on the overlap grids
+    relation_channel_local: Optional[torch.Tensor]  # local crops (student): channel relation
+    relation_pixel_local: Optional[torch.Tensor]   # local crops (student): pixel relation
+    relation_pixel_global: Optional[torch.Tensor]  # global crops: pixel relation before the alignment
+    backbone_feat: Optional[torch.Tensor] = None   # with ``return_backbone_feat``: the backbone's output
+
+
 class SEREMultiCropWrapper(MultiCropWrapper):
     """MultiCropWrapper that also returns SERE's relations (MCG-NKU/SERE ``utils.MultiCropWrapper``).
 
-    ``forward(x, grid1=None, grid2=None, masks=None, teacher=False)`` -> ``(head_out,
+    ``forward(x, grid1=None, grid2=None, masks=None, teacher=False)`` -> ``SEREOutput`` (head_out,
     relation_channel, relation_pixel, relation_channel_local, relation_pixel_local,
-    relation_pixel_global)``. With grids (global crops), relations are the projection ``z`` for the
+    relation_pixel_global, backbone_feat). With grids (global crops), relations are the projection ``z`` for the
     teacher and the predictor ``p`` for the student; the pixel relation is aligned with keys at
     ``cat(grid2)`` and queries at ``cat(grid1)`` and also returned unaligned as
     ``relation_pixel_global``. Without grids (local crops, student) the predictor relations go to
@@ -158,5 +169,5 @@ class SEREMultiCropWrapper(MultiCropWrapper):
             start = end
         feats = torch.cat(outputs)
         head_out = self.head(feats)
-        rest = (rel_channel, rel_pixel, rel_channel_local, rel_pixel_local, rel_pixel_global)
-        return (feats, head_out, *rest) if return_backbone_feat else (head_out, *rest)
+        return SEREOutput(head_out, rel_channel, rel_pixel, rel_channel_local, rel_pixel_local, rel_pixel_global,
+                          feats if return_backbone_feat else None)

@@ -18,7 +18,7 @@ input size is strict, as the original's ``PatchEmbed``), DINO/timm blocks (``blo
 
 ``representation_size`` R adds the "2-layer MLP" pre-logits ``pre_logits_rot`` /
 ``pre_logits_contrastive`` = Linear(D, R) + Tanh (keys ``*.fc.*``) and makes ``num_features = R``.
-``forward_features(x)`` returns all normed tokens (B, 2 + N, D), as the original.
+``forward_tokens(x)`` returns all normed tokens (B, 2 + N, D), as the original's ``forward_features``.
 ``checkpoint_filter(sd)`` adapts an SSL checkpoint to this model (the original's finetuning load):
 heads whose shape differs (or that this mode lacks) are dropped, ``pos_embed`` is resized keeping
 the two extra tokens (bicubic, ``size=``, ``align_corners=False``).
@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
+from .backbone import Backbone, Features
 from .registry import register_backbone
 
 SSL_ONLY_KEYS = ("convTrans.", "rot_w", "contrastive_w", "recons_w")
 
 
-class VisionTransformer_SiT(nn.Module):  # noqa: N801  (the original's name)
+class VisionTransformer_SiT(Backbone):  # noqa: N801  (the original's name)
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.,
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, representation_size: Optional[int] = None,
@@ -111,7 +112,15 @@ class VisionTransformer_SiT(nn.Module):  # noqa: N801  (the original's name)
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "rot_token", "contrastive_token"}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    has_last_blocks = False
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """``Features(rotation token (B, D), patch tokens (B, N, D))``, final-normed (the contrastive token
+        is ``forward_tokens(x)[:, 1]``)."""
+        x = self.forward_tokens(x)
+        return Features(x[:, 0], x[:, 2:])
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> all final-normed tokens (B, 2 + N, D)."""
         B = x.shape[0]
         x = self.patch_embed(x)
@@ -127,7 +136,7 @@ class VisionTransformer_SiT(nn.Module):  # noqa: N801  (the original's name)
         return self.convTrans(x_rec.unflatten(2, (side, side)))
 
     def forward(self, x: torch.Tensor):
-        x = self.forward_features(x)
+        x = self.forward_tokens(x)
         if self.training_mode == "eval":
             return torch.cat([x[:, 0], x[:, 1]], dim=-1)
         x_rot = self.rot_head(self.pre_logits_rot(x[:, 0]))

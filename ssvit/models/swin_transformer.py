@@ -44,6 +44,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
 
+from .backbone import Backbone, Features
 from .registry import register_backbone
 
 __all__ = ["SwinTransformer", "WindowAttention", "SwinTransformerBlock", "PatchMerging", "BasicLayer",
@@ -305,12 +306,13 @@ class PatchEmbed(nn.Module):
         return x, hw
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(Backbone):
     """EsViT's Swin Transformer backbone (no classifier).
 
     ``forward(x)`` images (B, 3, H, W) -> view-level feature (B, C): mean of the final-normalised
     last-stage tokens (EsViT's ``forward_features`` without dense prediction).
-    ``forward_dense(x)`` -> (pooled (B, C), region tokens (B, L, C)), L = 49 at 224 px, 9 at 96 px.
+    ``forward_features(x)`` -> ``Features(pooled (B, C), region tokens (B, L, C))``, L = 49 at 224 px, 9 at
+    96 px (``forward_dense``: the same as a tuple).
     ``forward_return_n_last_blocks(x, n, return_patch_avgpool, depths)`` -> (B, sum of widths).
     ``get_last_selfattention(x)`` -> (num_windows*B, heads, w^2, w^2) of the last block.
 
@@ -420,18 +422,19 @@ class SwinTransformer(nn.Module):
                 x, hw = layer.downsample(x, hw)
         return x, hw, feats
 
-    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled (B, C), final-normalised last-stage tokens (B, L, C))."""
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """``Features(pooled (B, C), final-normalised last-stage tokens (B, L, C))``."""
         x, hw = self.prepare_tokens(x)
         x, _, _ = self._stages(x, hw)
         tokens = self.norm(x)
-        return tokens.mean(dim=1), tokens
+        return Features(tokens.mean(dim=1), tokens)
 
-    forward_feature_maps = forward_dense  # the original's name
+    def forward_feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_dense(x)  # the original's name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """View-level feature (B, C)."""
-        return self.forward_dense(x)[0]
+        return self.forward_features(x).cls
 
     def forward_return_n_last_blocks(self, x: torch.Tensor, n: int = 1, return_patch_avgpool: bool = False,
                                      depths: Sequence[int] = (), depth: Sequence[int] = ()) -> torch.Tensor:

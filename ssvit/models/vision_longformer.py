@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from .backbone import Backbone, Features
 from .registry import register_backbone
 
 __all__ = ["MsViT", "SlidingChunkAttention", "FullAttention", "PatchEmbed", "parse_arch", "spec_to_kwargs",
@@ -536,13 +537,14 @@ class MlpBlock(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
-class MsViT(nn.Module):
+class MsViT(Backbone):
     """Multi-scale Vision Longformer backbone (EsViT ``MsViT``) without a classifier.
 
     ``forward(x)`` -> view feature (B, C): the first token of the final-normed last stage if that
     stage has global tokens and not ``avg_pool``, else the mean of all its normed tokens.
     ``forward_dense(x)`` -> (view feature, region tokens (B, L, C)) (EsViT's dense output).
-    ``forward_features(x)`` -> all final-normed last-stage tokens (B, G + L, C).
+    ``forward_tokens(x)`` -> all final-normed last-stage tokens (B, G + L, C); ``forward_features(x)`` ->
+    ``Features(view feature, region tokens)``.
     ``forward_return_n_last_blocks(x, n, ..., depths)`` / ``get_last_selfattention(x)`` as EsViT;
     ``get_all_selfattention(x)`` -> every attention block's dense probabilities, in order.
 
@@ -656,7 +658,7 @@ class MsViT(nn.Module):
             feats.append(stage_feats)
         return x, feats
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Final-normed last-stage tokens (B, G_last + L, C)."""
         return self.norm(self._forward_tokens(x)[0])
 
@@ -667,11 +669,11 @@ class MsViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """View-level feature (B, C) (EsViT ``forward_features`` without dense prediction)."""
-        return self._pool(self.forward_features(x))[0]
+        return self._pool(self.forward_tokens(x))[0]
 
-    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(view feature (B, C), region tokens (B, L, C)); vil_2262: L = 49 at 224 px, 9 at 96 px."""
-        return self._pool(self.forward_features(x))
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """``Features(view feature (B, C), region tokens (B, L, C))``; vil_2262: L = 49 at 224 px, 9 at 96 px."""
+        return Features(*self._pool(self.forward_tokens(x)))
 
     def forward_return_n_last_blocks(self, x: torch.Tensor, n: int = 1, return_patch_avgpool: bool = False,
                                      depths: Optional[Sequence[int]] = None, depth: Optional[Sequence[int]] = None

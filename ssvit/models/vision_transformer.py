@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer as _TimmViT
 
+from .backbone import Backbone, Features
+
 
 def interpolate_pos_encoding_esvit(pos_embed: torch.Tensor, npatch: int, num_prefix_tokens: int = 1) -> torch.Tensor:
     """EsViT's ViT rule: bicubic with the single scale factor ``sqrt(npatch / N)`` (square grids,
@@ -81,14 +83,16 @@ def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
-class VisionTransformer(_TimmViT):
+class VisionTransformer(Backbone, _TimmViT):
     """timm ViT with DINO's behaviour: any input size, CLS output, attention maps, patch masking.
 
     ``forward(x)`` -> CLS token after the final norm (B, D) (like DINO's ``forward``); all tokens
     (B, 1+N, D) when built / called with ``return_all_tokens`` (iBOT).
-    ``forward_features(x, mask=None)`` -> all normed tokens (B, 1+N, D).
+    ``forward_tokens(x, mask=None)`` -> all normed tokens (B, 1+N, D); ``forward_features(x)`` ->
+    ``Features(cls, patch_tokens)`` (``ssvit.models.backbone``); ``forward_intermediates(x, n)`` /
+    ``get_intermediate_layers(x, n)`` -> the last ``n`` blocks' normed tokens.
     ``get_last_selfattention(x)`` -> (B, heads, 1+N, 1+N); ``get_all_selfattention(x)`` -> one such
-    map per block; ``get_intermediate_layers(x, n)``.
+    map per block.
     ``mask`` (B, h, w) bool replaces masked patch embeddings by ``masked_embed`` before the position
     embedding is added (iBOT); only when built with ``masked_im_modeling=True``.
     """
@@ -144,22 +148,28 @@ class VisionTransformer(_TimmViT):
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
-    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    is_token_model = True
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All tokens after the final norm (B, 1+N, D)."""
         return self.norm(self.forward_blocks(x, mask))
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """``Features(cls (B, D), patch_tokens (B, N, D))``, both final-normed (EsViT's dense output)."""
+        x = self.forward_tokens(x)
+        return Features(x[:, 0], x[:, self.num_prefix_tokens:])
+
+    def forward_intermediates(self, x: torch.Tensor, n: int = 1, norm: bool = True) -> list[torch.Tensor]:
+        return self.get_intermediate_layers(x, n, norm)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 return_all_tokens: Optional[bool] = None) -> torch.Tensor:
         """CLS (B, D), or all normed tokens (B, 1+N, D) with ``return_all_tokens`` (argument, else
         the attribute -- iBOT builds its backbones with ``return_all_tokens=True``)."""
-        x = self.forward_features(x, mask)
+        x = self.forward_tokens(x, mask)
         if self.return_all_tokens if return_all_tokens is None else return_all_tokens:
             return x
         return self.forward_head(x)
-
-    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """EsViT's dense ``forward_features``: (CLS (B, D), patch tokens (B, N, D)), both final-normed."""
-        x = self.forward_features(x)
-        return x[:, 0], x[:, self.num_prefix_tokens:]
 
     # --- analysis helpers -------------------------------------------------------------------
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .dino_loss import DINOLoss, all_reduce_sum, world_size
+from ..utils.distributed import all_reduce_sum, world_size
+from .dino_loss import DINOLoss
 from ..utils.precision import fp32_island
 
 

@@ -7,18 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .schedules import teacher_temp_schedule
+from ..utils.distributed import all_reduce_sum, world_size
 from ..utils.precision import fp32_island
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all ranks in place when a process group is up; identity otherwise."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 CENTERINGS = ("centering", "sinkhorn_knopp")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dino_loss import all_reduce_sum, world_size
+from ..utils.distributed import all_reduce_sum, world_size
 from .schedules import patch_temp_schedule, teacher_temp_schedule
 from ..utils.precision import fp32_island
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-import torch
 import torch.nn as nn
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "ssvit", "inductor")
@@ -81,7 +80,7 @@ def compile_children(modules: Iterable[Optional[nn.Module]], **compile_kwargs) -
 
 
 def compile_task(method: nn.Module, cache_dir: Optional[str] = None, mode: Optional[str] = None) -> list[str]:
-    """Compile the student's and the teacher's sub-networks of a training task (``SSLMethod``)."""
+    """Compile the student's and the teacher's sub-networks of a training task (``ssvit.engine.task.TrainingTask``)."""
     configure_cache(cache_dir)
     # one static graph per crop resolution: multi-crop calls the backbone at 2 sizes, and by default the
     # second size would recompile it with dynamic shapes (slower kernels for every size)

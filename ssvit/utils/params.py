@@ -2,12 +2,15 @@
 used by the methods (their parameter groups and gradient hooks) and by the engine's step."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
-    """[regularised, not regularised]: names ending in ``.bias`` and 1-D tensors get no weight decay.
+    """[regularised, not regularised]: names ending in ``.bias`` and 1-D tensors get no weight decay;
+    the regularised group follows the weight-decay schedule (``wd_scale`` 1), the other stays at 0.
 
     QUIRK kept: every other tensor is decayed, ``pos_embed`` and ``cls_token`` included; frozen
     parameters (e.g. ``last_layer.weight_g`` with norm_last_layer) are left out.
@@ -20,7 +23,7 @@ def get_params_groups(model: nn.Module) -> list[dict]:
             not_regularized.append(param)
         else:
             regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+    return [{"params": regularized, "wd_scale": 1.0}, {"params": not_regularized, "weight_decay": 0.0}]
 
 
 def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
@@ -58,3 +61,8 @@ def constant_ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.mul_(decay).add_(c.detach(), alpha=1 - decay)
         else:
             e.copy_(c)
+
+
+def has_batchnorm(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` holds a BatchNorm layer (SyncBatchNorm conversion, the teacher's ``module.`` prefix)."""
+    return module is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())

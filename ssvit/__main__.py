@@ -1,0 +1,4 @@
+"""``python -m ssvit <command> ...`` = the ``ssvit`` console script."""
+from ssvit.cli.main import console
+
+console()
