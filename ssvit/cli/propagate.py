@@ -68,9 +68,8 @@ def davis_videos(args) -> list[str]:
         return [v.strip() for v in f if v.strip()]
 
 
-def segment_davis(args, model, device) -> dict:
+def segment_davis(args, model, device, videos: list[str]) -> dict:
     """Segment every listed video; returns {video: SequenceResult}."""
-    videos = davis_videos(args)
     palette = davis_palette()
     results = {}
     for i, video in enumerate(videos):
@@ -95,11 +94,10 @@ def run_dirs(data_path: str) -> list[str]:
     return runs
 
 
-def segment_ipace(args, model, device) -> dict:
+def segment_ipace(args, model, device, runs: list[str]) -> dict:
     """Segment every run; returns {run: [SequenceResult per chunk]}."""
     palette = ipace_palette()
     results = {}
-    runs = run_dirs(args.data_path)
     for i, run in enumerate(runs):
         name = os.path.basename(run)
         print(f"[{i + 1}/{len(runs)}] Segmenting {name}")
@@ -118,16 +116,16 @@ def segment_ipace(args, model, device) -> dict:
 def main(argv: Optional[list] = None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.layout == "davis":  # bad input fails before the model is built
-        davis_videos(args)
+        items = davis_videos(args)
         if args.short_side < 64 or args.short_side % args.patch_size:
             raise ValueError(f"--short_side must be >= 64 and a multiple of --patch_size, got {args.short_side}")
     if args.layout == "ipace":
         if args.refresh_label_interval < 1:
             raise ValueError(f"--refresh_label_interval must be >= 1, got {args.refresh_label_interval}")
-        run_dirs(args.data_path)
+        items = run_dirs(args.data_path)
     device = resolve_device(args.device)
     model = build_propagation_backbone(args.arch, args.patch_size, args.pretrained_weights, args.checkpoint_key, device)
-    return (segment_davis if args.layout == "davis" else segment_ipace)(args, model, device)
+    return (segment_davis if args.layout == "davis" else segment_ipace)(args, model, device, items)
 
 
 def cli(argv: Optional[list] = None) -> int:
