@@ -34,33 +34,24 @@ def auto_bool(s) -> str:
     return "true" if bool_flag(s) else "false"
 
 
-def add_dino_args(parser: argparse.ArgumentParser) -> None:
-    """Every flag of facebookresearch/dino ``main_dino.py`` with its default."""
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The flags the engine reads for every task, with ``main_dino.py``'s names and defaults (each task sets
+    its own defaults with ``parser.set_defaults``). A method's own flags -- DINO's head, teacher and
+    multi-crop ones included (``ssvit.methods.dino_family.add_dino_args``) -- come from its ``add_args``."""
     p = parser
     p.add_argument("--arch", default="vit_small", type=str, help="backbone name (see ssvit.models.list_backbones)")
     p.add_argument("--patch_size", default=16, type=int)
-    p.add_argument("--out_dim", default=65536, type=int)
-    p.add_argument("--norm_last_layer", default=True, type=bool_flag)
-    p.add_argument("--momentum_teacher", default=0.996, type=float)
-    p.add_argument("--use_bn_in_head", default=False, type=bool_flag)
-    p.add_argument("--warmup_teacher_temp", default=0.04, type=float)
-    p.add_argument("--teacher_temp", default=0.04, type=float)
-    p.add_argument("--warmup_teacher_temp_epochs", default=0, type=int)
     p.add_argument("--use_fp16", type=bool_flag, default=True, help="mixed precision on GPU (ignored on CPU)")
     p.add_argument("--weight_decay", type=float, default=0.04)
     p.add_argument("--weight_decay_end", type=float, default=0.4)
     p.add_argument("--clip_grad", type=float, default=3.0)
     p.add_argument("--batch_size_per_gpu", default=64, type=int)
     p.add_argument("--epochs", default=100, type=int)
-    p.add_argument("--freeze_last_layer", default=1, type=int)
     p.add_argument("--lr", default=0.0005, type=float, help="peak lr for a total batch of 256 (linear scaling)")
     p.add_argument("--warmup_epochs", default=10, type=int)
     p.add_argument("--min_lr", type=float, default=1e-6)
     p.add_argument("--optimizer", default="adamw", type=str, choices=["adamw", "sgd", "lars"])
     p.add_argument("--drop_path_rate", type=float, default=0.1)
-    p.add_argument("--global_crops_scale", type=float, nargs="+", default=(0.4, 1.0))
-    p.add_argument("--local_crops_number", type=int, default=8)
-    p.add_argument("--local_crops_scale", type=float, nargs="+", default=(0.05, 0.4))
     p.add_argument("--data_path", default="/path/to/imagenet/train/", type=str)
     p.add_argument("--output_dir", default=".", type=str)
     p.add_argument("--saveckp_freq", default=20, type=int)
@@ -75,8 +66,7 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("--method", default="dino", type=str, help="self-supervised method")
     p.add_argument("--config", default=None, type=str, help="YAML file of flag defaults; CLI flags override")
-    p.add_argument("--global_crops_size", default=224, type=int)
-    p.add_argument("--local_crops_size", default=96, type=int)
+    p.add_argument("--global_crops_size", default=224, type=int, help="training image (global crop) size")
     p.add_argument("--dataset", default="imagefolder", type=str,
                    choices=["imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "stl10_unlabeled",
                             "svhn", "flowers102", "pets", "aircraft", "cars", "synthetic"])
@@ -125,9 +115,6 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
                    help="unreadable image: skip it (counted, warned) or fail")
     p.add_argument("--print_freq", default=10, type=int)
     p.add_argument("--tensorboard", default=True, type=bool_flag, help="write TensorBoard events to output_dir/tb")
-    p.add_argument("--head_hidden_dim", default=2048, type=int, help="projection head MLP width (original: 2048)")
-    p.add_argument("--head_bottleneck_dim", default=256, type=int, help="projection head bottleneck (original: 256)")
-    p.add_argument("--head_nlayers", default=3, type=int, help="projection head MLP depth (original: 3)")
     p.add_argument("--accum_iter", default=1, type=int,
                    help="gradient accumulation: one optimizer step every N iterations (SERE's flag); lr scales "
                         "with batch x accum_iter x world size")
@@ -136,14 +123,19 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_pretrain_parser() -> argparse.ArgumentParser:
+    """The engine's flags; the entry point adds the method's (``TrainingTask.add_args``)."""
     parser = argparse.ArgumentParser("ssvit pretraining", add_help=True)
-    add_dino_args(parser)
+    add_engine_args(parser)
     add_ssvit_args(parser)
     return parser
 
 
 def _known_dests(parser: argparse.ArgumentParser) -> set[str]:
     return {a.dest for a in parser._actions}
+
+
+#: the top-level key of a recipe file that describes it (source, the paper's GPUs, reported results)
+RECIPE_KEY = "recipe"
 
 
 def read_yaml_config(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -175,6 +167,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     known, _ = pre.parse_known_args(argv)
     if known.config:
         cfg = read_yaml_config(known.config, parser)
+        cfg.pop(RECIPE_KEY, None)  # a recipe's description (``ssvit recipes``), not flags
         unknown = sorted(set(cfg) - _known_dests(parser))
         if unknown:
             parser.error(f"unknown keys in '{known.config}': {', '.join(unknown)}")

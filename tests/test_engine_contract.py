@@ -255,3 +255,19 @@ def test_a_mid_epoch_stop_hands_the_agreed_signal_to_on_interrupt(tmp_path):
     assert t.interrupted and calls == [signal.SIGTERM] and t.stop_signal == signal.SIGTERM
     ck = load_checkpoint(str(tmp_path / "r" / "checkpoint.pth"))
     assert (ck["epoch"], ck["iter_in_epoch"]) == (1, 3)
+
+
+def test_weighted_mean_weights_each_batch_by_its_samples_and_restores_the_mode():
+    from ssvit.engine.validation import weighted_mean
+    model = torch.nn.Linear(2, 1)
+    model.train()
+    seen = []
+
+    def batch_metrics(m, item, device):
+        seen.append(m.training)
+        x, = item
+        return x.shape[0], {"v": float(x.mean()), "n2": 2.0}
+    loader = [(torch.full((3, 1), 1.0),), (torch.full((1, 1), 5.0),)]
+    out = weighted_mean(model, loader, batch_metrics, keys=("v", "n2", "unused"))
+    assert out == {"v": (3 * 1.0 + 1 * 5.0) / 4, "n2": 2.0, "unused": 0.0}  # not the mean of batch means (3.0)
+    assert seen == [False, False] and model.training

@@ -38,7 +38,7 @@ class ToySupervised(TrainingTask):
         return _Tensor8()
 
     def schedules(self, args, niter_per_ep, bs_total):
-        return linear_scaled_cosine(args, niter_per_ep, bs_total, ema_teacher=False)
+        return linear_scaled_cosine(args, niter_per_ep, bs_total)
 
     def training_step(self, student, batch, epoch, it=0, labels=None, index=None):
         self.seen_labels.append((labels.clone(), index.clone()))

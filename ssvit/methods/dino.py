@@ -55,6 +55,7 @@ class DINO(DINOFamily):
 
     @classmethod
     def add_args(cls, parser):
+        super().add_args(parser)
         parser.add_argument("--centering", default="centering", choices=list(CENTERINGS),
                             help="teacher targets: centering = DINO's softmax((t - EMA centre) / temp); "
                                  "sinkhorn_knopp = DINOv2's balanced assignment (3 Sinkhorn-Knopp iterations)")

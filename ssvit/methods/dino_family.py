@@ -9,15 +9,43 @@ from typing import Any
 
 import torch
 
+from ..config import bool_flag
 from ..engine.schedules import linear_scaled_cosine
 from ..engine.task import Schedules, TrainingTask
 from ..objectives import KoLeoLoss
 
 
+def add_dino_args(parser: argparse.ArgumentParser) -> None:
+    """``main_dino.py``'s flags of the head, the EMA teacher and the multi-crop (the engine's own --
+    ``--lr``, ``--epochs``, ... -- are ``ssvit.config.add_engine_args``), with ssvit's head-shape and
+    local-crop-size additions."""
+    p = parser.add_argument_group("DINO family (main_dino.py)")
+    p.add_argument("--out_dim", default=65536, type=int)
+    p.add_argument("--norm_last_layer", default=True, type=bool_flag)
+    p.add_argument("--momentum_teacher", default=0.996, type=float)
+    p.add_argument("--use_bn_in_head", default=False, type=bool_flag)
+    p.add_argument("--warmup_teacher_temp", default=0.04, type=float)
+    p.add_argument("--teacher_temp", default=0.04, type=float)
+    p.add_argument("--warmup_teacher_temp_epochs", default=0, type=int)
+    p.add_argument("--freeze_last_layer", default=1, type=int)
+    p.add_argument("--global_crops_scale", type=float, nargs="+", default=(0.4, 1.0))
+    p.add_argument("--local_crops_number", type=int, default=8)
+    p.add_argument("--local_crops_scale", type=float, nargs="+", default=(0.05, 0.4))
+    p.add_argument("--local_crops_size", default=96, type=int)
+    p.add_argument("--head_hidden_dim", default=2048, type=int, help="projection head MLP width (original: 2048)")
+    p.add_argument("--head_bottleneck_dim", default=256, type=int, help="projection head bottleneck (original: 256)")
+    p.add_argument("--head_nlayers", default=3, type=int, help="projection head MLP depth (original: 3)")
+
+
 class DINOFamily(TrainingTask):
-    """Shared behaviour of the self-distillation methods (DINO, iBOT, SERE, EsViT): teacher
-    temperature checks, multi-crop sizes, last-layer freezing, and DINOv2's KoLeo term for the
-    methods that add ``--koleo_loss_weight`` (``add_koleo_args``) and call ``with_koleo``."""
+    """Shared behaviour of the self-distillation methods (DINO, iBOT, SERE, EsViT): DINO's flags
+    (``add_dino_args``), teacher temperature checks, multi-crop sizes, last-layer freezing, and DINOv2's
+    KoLeo term for the methods that add ``--koleo_loss_weight`` (``add_koleo_args``) and call
+    ``with_koleo``."""
+
+    @classmethod
+    def add_args(cls, parser):
+        add_dino_args(parser)
 
     @classmethod
     def check_args(cls, args):
@@ -44,7 +72,8 @@ class DINOFamily(TrainingTask):
 
     def schedules(self, args: argparse.Namespace, niter_per_ep: int, bs_total: int) -> Schedules:
         """DINO's: cosine lr (x total batch / 256, warm-up), cosine weight decay, cosine momentum to 1."""
-        return linear_scaled_cosine(args, niter_per_ep, bs_total, ema_teacher=self.has_ema_teacher)
+        return linear_scaled_cosine(args, niter_per_ep, bs_total,
+                                    args.momentum_teacher if self.has_ema_teacher else None)
 
     def after_backward(self, epoch: int) -> None:
         from ..utils.params import cancel_gradients_last_layer

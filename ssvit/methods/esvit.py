@@ -162,6 +162,7 @@ class EsViT(DINOFamily):
 
     @classmethod
     def add_args(cls, parser):
+        super().add_args(parser)
         add_esvit_args(parser)
 
     @classmethod

@@ -329,7 +329,7 @@ class Finetune(WeightEMA, TrainingTask):
 
     def schedules(self, args, niter_per_ep, bs_total):
         if args.lr_sched != "timm_epoch":  # MAE's: per-iteration warm-up + half cosine, lr x batch / 256
-            return linear_scaled_cosine(args, niter_per_ep, bs_total, ema_teacher=False)
+            return linear_scaled_cosine(args, niter_per_ep, bs_total)
         from ..objectives.schedules import timm_epoch_schedules
         return timm_epoch_schedules(args.lr * bs_total / 256.0, args.epochs, args.warmup_lr, args.warmup_epochs,
                                     args.min_lr, args.weight_decay, niter_per_ep)
@@ -345,58 +345,30 @@ class Finetune(WeightEMA, TrainingTask):
     # ---- validation
     def val_loader(self):
         if self._val_loader is None:
-            from torch.utils.data import DataLoader
-
-            from ..data import build_dataset
-            from ..data.datasets import TransformedDataset
+            from ..engine.validation import validation_loader
             a = self.args
-            from ..data import split_root
-            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
-                                 download=a.download, synthetic_size=a.synthetic_size)
-            ds = TransformedDataset(base, build_finetune_transform(a, is_train=False))
-            from ..utils.distributed import get_rank, get_world_size, is_dist
-            if a.dist_eval and is_dist() and get_world_size() > 1:
-                # rank r takes samples r, r + W, ...: no padded duplicates (MAE's DistributedSampler
-                # repeats samples when the set does not divide; here the sums are exact)
-                from torch.utils.data import Subset
-                ds = Subset(ds, range(get_rank(), len(ds), get_world_size()))
-            self._val_loader = DataLoader(ds, batch_size=a.eval_batch_size or a.batch_size_per_gpu,
-                                          num_workers=a.num_workers, shuffle=False)
-            self._val_size = len(base)
+            self._val_loader, self._val_size = validation_loader(
+                a, build_finetune_transform(a, is_train=False), a.eval_batch_size or a.batch_size_per_gpu,
+                shard=a.dist_eval)
         return self._val_loader
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
+        """DeiT / MAE ``evaluate``: loss, top-1, top-5 (``--dist_eval``: over every rank's shard)."""
+        from ..engine.validation import weighted_mean
         from ..utils.metrics import accuracy
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        tot = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0, "n": 0}
-        for images, target in self.val_loader():
-            images, target = images.to(device), target.to(device)
+
+        def batch_metrics(model, item, device):
+            images, target = (t.to(device) for t in item)
             out = model(images)
             if isinstance(out, tuple):  # SiT's evaluate_finetune: mean of the two heads, sum of their losses
                 loss = F.cross_entropy(out[0], target) + F.cross_entropy(out[1], target)
                 out = (out[0] + out[1]) / 2
             else:
                 loss = F.cross_entropy(out, target)
-            b = images.shape[0]
-            k5 = min(5, out.shape[1])
-            a1, a5 = accuracy(out, target, topk=(1, k5))
-            tot["loss"] += loss.item() * b
-            tot["acc1"] += a1.item() * b
-            tot["acc5"] += a5.item() * b
-            tot["n"] += b
-        model.train(was)
-        if self.args.dist_eval:
-            from ..utils.distributed import collective_device, is_dist
-            if is_dist():
-                t = torch.tensor([tot["loss"], tot["acc1"], tot["acc5"], tot["n"]], dtype=torch.float64,
-                                 device=collective_device())
-                torch.distributed.all_reduce(t)
-                tot = dict(zip(("loss", "acc1", "acc5", "n"), t.tolist()))
-        n = max(tot["n"], 1)
-        return {"loss": tot["loss"] / n, "acc1": tot["acc1"] / n, "acc5": tot["acc5"] / n}
+            a1, a5 = accuracy(out, target, topk=(1, min(5, out.shape[1])))
+            return images.shape[0], {"loss": loss.item(), "acc1": a1.item(), "acc5": a5.item()}
+        return weighted_mean(model, self.val_loader(), batch_metrics, all_reduce=bool(self.args.dist_eval),
+                             keys=("loss", "acc1", "acc5"))
 
     def validate(self, epoch):
         stats = self.evaluate(self.student)

@@ -114,6 +114,7 @@ class iBOT(DINOFamily):
 
     @classmethod
     def add_args(cls, parser):
+        super().add_args(parser)
         add_ibot_args(parser)
         add_koleo_args(parser)
 

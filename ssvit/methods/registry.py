@@ -41,7 +41,8 @@ def get_method(name: str) -> type:
         raise ValueError(f"unknown method '{name}'; known: {', '.join(list_methods())}")
     module, cls_name = METHODS[name].split(":")
     cls = getattr(importlib.import_module(module), cls_name)
-    cls.name = name
+    if cls.name != name:  # the class's own name is what its checkpoints and logs record
+        raise RuntimeError(f"registry entry '{name}' points at {METHODS[name]}, whose name is '{cls.name}'")
     return cls
 
 

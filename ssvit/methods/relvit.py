@@ -326,36 +326,22 @@ class RelViTMethod(TrainingTask):
     # ---- validation every epoch (Lightning's default), best checkpoint on the monitored metric
     def val_loader(self):
         if self._val_loader is None:
-            from torch.utils.data import DataLoader
-
-            from ..data import build_dataset
-            from ..data.datasets import TransformedDataset
+            from ..engine.validation import validation_loader
             a = self.args
-            from ..data import split_root
-            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
-                                 download=a.download, synthetic_size=a.synthetic_size)
-            ds = TransformedDataset(base, RelViTTransform(a, train=False), seed=a.seed)
-            self._val_loader = DataLoader(ds, batch_size=a.batch_size_per_gpu, shuffle=False, num_workers=a.num_workers)
+            self._val_loader = validation_loader(a, RelViTTransform(a, train=False), a.batch_size_per_gpu,
+                                                 seed=a.seed).loader
         return self._val_loader
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        model = self.student
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        sums: dict = {}
-        n = 0
-        for batch, labels, *_ in self.val_loader():
+        from ..engine.validation import weighted_mean
+
+        def batch_metrics(model, item, device):
+            batch, labels, *_ = item
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = labels.to(device)
             loss, logs = self.losses(model(batch["images"]), batch, labels, "val")
-            b = labels.shape[0]
-            for k, v in {"loss": float(loss), **logs}.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-            n += b
-        model.train(was)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+            return labels.shape[0], {"loss": float(loss), **logs}
+        return weighted_mean(self.student, self.val_loader(), batch_metrics)
 
     def extra_checkpoint_state(self):
         # read by the evaluation loaders: without positional embeddings the pos_embed is untrained

@@ -215,17 +215,10 @@ class SiT(WeightEMA, TrainingTask):
     # ---- "SSL losses as metrics" every --validate-every epochs
     def val_loader(self):
         if getattr(self, "_val_loader", None) is None:
-            from torch.utils.data import DataLoader
-
-            from ..data import build_dataset
-            from ..data.datasets import TransformedDataset
+            from ..engine.validation import validation_loader
             a = self.args
-            from ..data import split_root
-            base = build_dataset(a.dataset, split_root(a.dataset, a.data_path, "val"), train=False,
-                                 download=a.download, synthetic_size=a.synthetic_size)
-            ds = TransformedDataset(base, SiTViews(build_sit_transform(a.input_size, False)), seed=a.seed)
-            self._val_loader = DataLoader(ds, batch_size=int(1.5 * a.batch_size_per_gpu), shuffle=False,
-                                          num_workers=a.num_workers)
+            self._val_loader = validation_loader(a, SiTViews(build_sit_transform(a.input_size, False)),
+                                                 int(1.5 * a.batch_size_per_gpu), seed=a.seed).loader
         return self._val_loader
 
     def validate(self, epoch):

@@ -35,7 +35,6 @@ from ..objectives.sit import GMML_drop_rand_patches, GMML_replace_list, SimCLR
 from ..utils.precision import fp32_island
 from ..engine.schedules import linear_scaled_cosine
 from ..engine.task import TrainingTask
-from .dino_family import check_self_distillation_args
 
 
 class DataAugmentationSiT:
@@ -94,7 +93,9 @@ class SiTv2(TrainingTask):
         p.add_argument("--drop_align", type=int, default=1, help="Align drop with patches")
         p.add_argument("--drop_type", type=str, default="zeros", help="Drop Type (noise, zeros, rand; '-'-separated)")
         p.add_argument("--lmbda", type=int, default=1, help="Scaling factor for the reconstruction loss")
+        p.add_argument("--out_dim", default=256, type=int, help="Dimensionality of output features")
         p.add_argument("--simclr_temp", default=0.2, type=float, help="tempreture for SimCLR.")
+        p.add_argument("--momentum_teacher", default=0.996, type=float, help="EMA parameter for teacher update.")
         p.add_argument("--model", dest="arch", default=S, help="vit_tiny, vit_small, vit_base (--arch)")
         p.add_argument("--batch_size", dest="batch_size_per_gpu", type=int, default=S, help="per-GPU batch (32)")
         p.add_argument("--data_set", "--data-set", dest="dataset", default=S, type=_v2_dataset, help="dataset")
@@ -108,7 +109,8 @@ class SiTv2(TrainingTask):
 
     @classmethod
     def check_args(cls, args):
-        check_self_distillation_args(args, patch_rule=False)  # no local crops
+        if not 0 <= args.momentum_teacher <= 1:
+            raise ValueError(f"--momentum_teacher must be in [0, 1], got {args.momentum_teacher}")
         size = args.global_crops_size
         if size < args.patch_size or size % args.patch_size:
             raise ValueError(f"--global_crops_size ({size}) must be a multiple of --patch_size ({args.patch_size})")
@@ -139,7 +141,7 @@ class SiTv2(TrainingTask):
 
     def schedules(self, args, niter_per_ep, bs_total):
         """main_SiT.py's: DINO's cosine lr / weight decay / teacher momentum."""
-        return linear_scaled_cosine(args, niter_per_ep, bs_total)
+        return linear_scaled_cosine(args, niter_per_ep, bs_total, args.momentum_teacher)
 
     def build_transform(self, args):
         return DataAugmentationSiT(args)
