@@ -346,3 +346,34 @@ def test_eval_knn_half_precision_without_a_gpu_and_bad_chunk_fail_in_one_line(tm
         assert rc == 2 and msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert eval_knn.knn_similarity_dtype("auto", torch.device("cpu")) is None
     assert eval_knn.knn_similarity_dtype("fp32", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("flags, expected", [
+    # iBOT's eval_knn.py features (its linear protocol): CLS of the last 2 blocks, then the mean normed patch token
+    (["--n_last_blocks", "2", "--avgpool_patchtokens", "2"],
+     lambda blocks, raw: torch.cat([blocks[-2][:, 0], blocks[-1][:, 0], blocks[-1][:, 1:].mean(1)], dim=1)),
+    # 1: the mean patch token without the final norm (iBOT's use_mean_pooling makes norm an Identity)
+    (["--avgpool_patchtokens", "1"], lambda blocks, raw: raw[-1][:, 1:].mean(1)),
+    # iBOT's defaults (n 1, avgpool 0) are DINO's feature: the final-normed CLS
+    (["--n_last_blocks", "1", "--avgpool_patchtokens", "0"], lambda blocks, raw: blocks[-1][:, 0]),
+])
+def test_eval_knn_takes_ibots_feature_flags(ckpts, tmp_path, flags, expected):
+    from ssvit.cli import knn as eval_knn
+    dump = tmp_path / "f"
+    eval_knn.main(_args(ckpts["backbone"], "--dump_features", str(dump), *flags))
+    f = torch.load(dump / "trainfeat.pth", weights_only=True)
+    m, x = ckpts["teacher"], _synthetic_batch(3)
+    with torch.no_grad():  # by hand: run the blocks one by one
+        t = m.prepare_tokens(x)
+        raw, normed = [], []
+        for blk in m.blocks:
+            t = blk(t)
+            raw.append(t)
+            normed.append(m.norm(t))
+    torch.testing.assert_close(f[:3], F.normalize(expected(normed, raw), dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_eval_knn_window_size_is_for_swin_only(ckpts, capsys):
+    from ssvit.cli import knn as eval_knn
+    assert eval_knn.cli(_args(ckpts["backbone"], "--window_size", "7")) == 2
+    assert "--window_size applies to swin_* archs" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from ssvit.cli import exit_status
-from ssvit.config import bool_flag
+from ssvit.config import bool_flag, parse_with_config
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.utils.checkpoint import CheckpointError, save_atomic
 from ssvit.utils.distributed import DEFAULT_TIMEOUT_MINUTES
@@ -43,6 +43,7 @@ class UsageError(RuntimeError):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Evaluation with weighted k-NN on ImageNet", add_help=True)
     p.add_argument("--batch_size_per_gpu", default=128, type=int, help="Per-GPU batch-size")
+    p.add_argument("--config", default=None, type=str, help="YAML file of flag defaults (e.g. a recipe); flags override")
     p.add_argument("--nb_knn", default=[10, 20, 100, 200], nargs="+", type=int,
                    help="Number of NN to use. 20 is usually working the best.")
     p.add_argument("--temperature", default=0.07, type=float, help="Temperature used in the voting coefficient")
@@ -78,6 +79,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "else fp32. fp32 is the original's numerics")
     p.add_argument("--knn_chunk_size", default=256, type=int,
                    help="test images per similarity block (the (chunk, N_train) matrix bounds the memory)")
+    # iBOT's additions (evaluation/eval_knn.py): the feature of its linear protocol, Swin's window
+    p.add_argument("--n_last_blocks", default=None, type=int,
+                   help="iBOT: concatenate the CLS tokens of the last n blocks (iBOT's default 1); given with "
+                        "--avgpool_patchtokens or alone, the feature is iBOT's (--linear_protocol ibot)")
+    p.add_argument("--avgpool_patchtokens", default=None, type=int, choices=[0, 1, 2],
+                   help="iBOT: 0 the CLS tokens, 1 the mean patch token (un-normalised, as iBOT), 2 both")
+    p.add_argument("--window_size", default=None, type=int, help="iBOT: the swin_* window (iBOT's default 7)")
     # EsViT's additions: model config of Swin / CvT / ViL, packed-ImageNet flag
     p.add_argument("--cfg", default=None, type=str, help="EsViT YAML model config (Swin / CvT / ViL)")
     p.add_argument("--zip_mode", default=False, type=bool_flag, help="EsViT's packed ImageNet: not supported")
@@ -109,9 +117,22 @@ def build_model(args, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def knn_features(model: torch.nn.Module, args) -> torch.nn.Module:
+    """The feature the k-NN compares: the model's output (DINO, EsViT), or with iBOT's ``--n_last_blocks`` /
+    ``--avgpool_patchtokens`` iBOT's (its linear protocol's: ``LinearFeatures(model, "ibot", n, avgpool)``)."""
+    if args.n_last_blocks is None and args.avgpool_patchtokens is None:
+        return model
+    from ssvit.evaluation.linear import LinearFeatures
+    try:
+        return LinearFeatures(model, "ibot", 1 if args.n_last_blocks is None else args.n_last_blocks,
+                              args.avgpool_patchtokens or 0)
+    except ValueError as e:  # a feature this backbone cannot give
+        raise UsageError(str(e)) from e
+
+
 def extract_feature_pipeline(args, device: torch.device):
     """Datasets -> loaders -> features (L2-normalised, every rank) and labels, as DINO's function."""
-    model = build_model(args, device)  # first: a bad checkpoint fails before any data is read
+    model = knn_features(build_model(args, device), args)  # first: a bad checkpoint fails before any data is read
     dataset_train, dataset_val = build_knn_datasets(args)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     loaders = []
@@ -228,7 +249,7 @@ def knn_similarity_dtype(name: str, device: torch.device) -> Optional[torch.dtyp
 def main(argv: Optional[list] = None) -> dict:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run; raises ``CheckpointError`` / ``DataError``
     / ``UsageError`` on bad input. Returns ``{k: (top1, top5)}``."""
-    args = get_args_parser().parse_args(argv)
+    args = parse_with_config(get_args_parser(), argv)
     return run(args)
 
 

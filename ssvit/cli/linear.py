@@ -44,7 +44,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ssvit.cli import exit_status
-from ssvit.config import bool_flag
+from ssvit.config import bool_flag, parse_with_config
 from ssvit.data.datasets import DATASETS, DataError
 from ssvit.utils.distributed import DEFAULT_TIMEOUT_MINUTES
 from ssvit.engine.distributed import DeviceError, init_distributed
@@ -61,6 +61,7 @@ class UsageError(RuntimeError):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Evaluation with linear classification on ImageNet")
+    p.add_argument("--config", default=None, type=str, help="YAML file of flag defaults (e.g. a recipe); flags override")
     p.add_argument("--n_last_blocks", default=4, type=int, help="""Concatenate [CLS] tokens
         for the `n` last blocks. We use `n=4` when evaluating ViT-Small and `n=1` with ViT-Base.""")
     p.add_argument("--avgpool_patchtokens", default=None, type=str,
@@ -331,7 +332,7 @@ def _best_sgd_wd0(stats: dict, grid: list) -> float:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = parse_with_config(get_args_parser(), argv)
     return run(args)
 
 

@@ -24,7 +24,8 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command("ssvit.cli.finetune", True, "supervised finetuning (MAE main_finetune.py's flags)"),
     "linear": Command("ssvit.cli.linear", False, "linear probe on frozen features (DINO / iBOT / EsViT eval_linear.py)"),
     "knn": Command("ssvit.cli.knn", False, "weighted k-NN on frozen features (DINO eval_knn.py)"),
-    "submit": Command("ssvit.cli.submit", False, "submit pretraining to Slurm via submitit (DINO run_with_submitit.py)"),
+    "submit": Command("ssvit.cli.submit", False,
+                      "any of pretrain, finetune, linear, knn, propagate as a Slurm job (DINO run_with_submitit.py)"),
     "attention": Command("ssvit.cli.attention", False, "CLS self-attention maps (DINO visualize_attention.py)"),
     "propagate": Command("ssvit.cli.propagate", False,
                          "segmentation propagation: --layout davis (DINO eval_video_segmentation.py) or ipace"),
@@ -33,6 +34,7 @@ COMMANDS: dict[str, Command] = {
     "analyze": Command("ssvit.cli.analyze", False, "EsViT's correspondence / attention / entropy analyses"),
     "make-sequences": Command("ssvit.cli.synthetic_sequences", False, "synthetic DAVIS / I-PACE sequences (tests, demos)"),
     "relvit-script": Command("ssvit.cli.relvit_scripts", True, "RelViT's upstream.sh / downstream.sh seed scripts"),
+    "recipes": Command("ssvit.cli.recipes", False, "the originals' published recipes (configs/): list, or show one"),
     "demo": Command("ssvit.cli.demo", True, "the main job: DINO on Fashion-MNIST, then k-NN, attention and a summary"),
 }
 

@@ -31,6 +31,7 @@ import os
 from typing import Optional
 
 from ssvit.cli import exit_status
+from ssvit.config import parse_with_config
 from ssvit.engine.distributed import DeviceError, resolve_device
 from ssvit.evaluation.segmentation_io import frame_stem, list_frames
 from ssvit.evaluation.video_segmentation import (DAVIS, IPACE, add_propagation_args, build_propagation_backbone,
@@ -46,6 +47,7 @@ def get_args_parser(layout: str = "davis") -> argparse.ArgumentParser:
     p.add_argument("--layout", default="davis", choices=["davis", "ipace"],
                    help="davis: DAVIS-2017 videos (DINO's eval_video_segmentation.py); ipace: I-PACE runs (the "
                         "anthonyhu/dino fork's eval_ipace_segmentation.py)")
+    p.add_argument("--config", default=None, type=str, help="YAML file of flag defaults (e.g. a recipe); flags override")
     add_propagation_args(p, "a ViT of the registry, or mae")
     g = p.add_argument_group("davis")
     g.add_argument("--video_list", default="ImageSets/2017/val.txt", type=str,
@@ -114,7 +116,7 @@ def segment_ipace(args, model, device, runs: list[str]) -> dict:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = parse_with_config(get_args_parser(), argv)
     if args.layout == "davis":  # bad input fails before the model is built
         items = davis_videos(args)
         if args.short_side < 64 or args.short_side % args.patch_size:

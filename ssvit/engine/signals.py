@@ -25,6 +25,18 @@ from typing import Callable, Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _EARLY: dict = {"pending": None, "original": {}, "handler": None, "training": False}
+_LAUNCHER: dict = {"on_stop": None}
+
+
+def set_launcher_stop_handler(fn: Optional[Callable[[int], None]]) -> None:
+    """What a run stopped before its end hands the agreed signal to, on every rank (``ssvit submit``:
+    submitit's requeue), when the caller of ``Trainer.fit`` gave none -- so that a launcher runs the plain
+    command's own entry point (its redirects and modes) and still gets the stop."""
+    _LAUNCHER["on_stop"] = fn
+
+
+def launcher_stop_handler() -> Optional[Callable[[int], None]]:
+    return _LAUNCHER["on_stop"]
 
 
 def launched_with_peers(environ=None) -> bool:

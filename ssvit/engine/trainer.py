@@ -174,8 +174,9 @@ class Trainer(RunDirectory, Checkpointing, EpochLoop):
         """Resume if ``output_dir`` holds a checkpoint, write ``config.yaml``, train to ``--epochs``
         (or until a stop signal / ``--max_iters``). ``self.interrupted``: a stop signal (on any rank)
         ended the run before its last epoch -- the checkpoint is written, the job is not done; then
-        ``on_interrupt(signal)`` runs on every rank with the agreed signal (a launcher's requeue),
-        else the handler that signal had before the run (``StopRequest.forward``). A finished run
+        ``on_interrupt(signal)`` runs on every rank with the agreed signal (a launcher's requeue; default:
+        the one a launcher set with ``signals.set_launcher_stop_handler``), else the handler that signal
+        had before the run (``StopRequest.forward``). A finished run
         calls neither, whatever arrived during its last epoch."""
         args = self.args
         self.maybe_resume()
@@ -252,6 +253,8 @@ class Trainer(RunDirectory, Checkpointing, EpochLoop):
             if self.dist.is_main:
                 self.append_log({"compile_seconds": round(self.compile_seconds, 2)})
         if self.interrupted:  # the job is not done: hand the agreed stop on, now that the checkpoint is written
+            from .signals import launcher_stop_handler
+            on_interrupt = on_interrupt or launcher_stop_handler()
             if on_interrupt is not None:
                 on_interrupt(self.stop_signal)
             else:
