@@ -120,7 +120,8 @@ class iBOT(DINOFamily):
 
     @classmethod
     def check_args(cls, args):
-        if is_multistage(args.arch):  # the Swin / CvT / ViL backbones here have no mask token
+        # the Swin / CvT / ViL backbones here have no mask token; ResNets and XCiT have no patch tokens to mask
+        if is_multistage(args.arch) or args.arch.startswith(("resnet", "xcit")):
             raise ValueError(f"--method {args.method} masks ViT patch tokens: --arch {args.arch} takes no patch masks "
                              "in ssvit (use a vit_* / deit_* arch, or --method esvit for Swin / CvT / ViL)")
         check_self_distillation_args(args)
