@@ -185,3 +185,15 @@ def test_dist_eval_shards_the_validation_and_sums_exactly(tmp_path):
             assert res["local_samples"] == local[r]
             for k in ("acc1", "acc5", "loss"):
                 assert res["stats"][k] == pytest.approx(single[k], rel=1e-6, abs=1e-6), (extra, r, k)
+
+
+def test_ibots_finetuning_flags_are_refused_by_name_not_run_as_maes(tmp_path):
+    """iBOT's run.sh imagenet_cls passes BEiT's flags: running them with MAE's schedule would be "almost iBOT"."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune.py"), "--epochs", "100", "--layer_decay", "0.65",
+                        "--layer_scale_init_value", "0.0", "--disable_rel_pos_bias", "--abs_pos_emb", "--use_cls",
+                        "--imagenet_default_mean_and_std", "--output_dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "--layer_scale_init_value --disable_rel_pos_bias --abs_pos_emb --use_cls --imagenet_default_mean_and_std" \
+        in r.stderr and "is not implemented" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -52,14 +52,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", dest="arch", type=str, default=S, help="name of the model (ssvit architecture)")
     parser.add_argument("--drop_path", dest="drop_path_rate", type=float, default=S, help="drop path rate")
     parser.add_argument("--eval", action="store_true", help="perform evaluation only")
+    # iBOT's run_class_finetuning.py (BEiT's recipe): recognised so that it is refused by name, not run as MAE's
+    for flag in IBOT_FINETUNE_FLAGS:
+        parser.add_argument(flag, dest="ibot_" + flag.lstrip("-"), nargs="?", const=True, default=None,
+                            help=argparse.SUPPRESS)
     parser.set_defaults(method="finetune", epochs=50, batch_size_per_gpu=64, weight_decay=0.05, weight_decay_end=0.05,
                         warmup_epochs=5, min_lr=1e-6, drop_path_rate=0.1, saveckp_freq=0, num_workers=10,
                         output_dir="./output_dir", data_path="/datasets01/imagenet_full_size/061417/")
     return parser
 
 
+#: flags of iBOT's evaluation/classification_layer_decay/run_class_finetuning.py that MAE's main_finetune.py lacks
+IBOT_FINETUNE_FLAGS = ("--layer_scale_init_value", "--disable_rel_pos_bias", "--abs_pos_emb", "--use_cls",
+                       "--imagenet_default_mean_and_std", "--update_freq")
+
+
 def parse(argv):
     args = parse_with_config(get_args_parser(), argv)
+    given = [f for f in IBOT_FINETUNE_FLAGS if getattr(args, "ibot_" + f.lstrip("-")) is not None]
+    if given:
+        raise ValueError(f"{' '.join(given)}: iBOT's run_class_finetuning.py (BEiT's finetuning: unscaled lr, its "
+                         "own schedule) is not implemented; main_finetune.py runs MAE's recipe (--blr, --layer_decay, "
+                         "--accum_iter, --cls_token; ImageNet mean/std, no LayerScale, absolute position embeddings)")
     if args.method != "finetune":
         raise ValueError("main_finetune.py runs --method finetune")
     world = int(os.environ.get("WORLD_SIZE", "1"))
