@@ -65,7 +65,7 @@ def test_ibot_recipe_holds_the_readme_command():
     assert r.total_batch == 1024 and r.reported == {"knn": 75.2, "linear": 77.9, "finetune": 82.3}
 
 
-def test_the_command_lists_every_recipe_and_shows_one(tmp_path):
+def test_the_command_lists_every_recipe_and_shows_one(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": ROOT}
     out = subprocess.run([sys.executable, "-m", "ssvit", "recipes"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
@@ -73,13 +73,13 @@ def test_the_command_lists_every_recipe_and_shows_one(tmp_path):
     assert lines[0].split()[:3] == ["name", "method", "backbone"] and len(lines) == len(PATHS) + 1
     row = next(line for line in lines if line.startswith("dino/vit_small_16_100ep "))
     assert row.split()[1:4] == ["dino", "vit_small/16", "100"] and "8 x 64 = 512" in row and "k-NN 69.3" in row
-    show = subprocess.run([sys.executable, "-m", "ssvit", "recipes", "esvit/swin_base_w14_300ep"], capture_output=True,
-                          text=True, cwd=ROOT, env=env)
-    assert show.returncode == 0 and "64 GPUs x 8 = 512" in show.stdout and "--config configs/esvit/swin_base_w14" \
-        in show.stdout and "--accum_iter 64/G" in show.stdout
-    missing = subprocess.run([sys.executable, "-m", "ssvit", "recipes", "dino/nope"], capture_output=True, text=True,
-                             cwd=ROOT, env=env)
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no recipe 'dino/nope'" in missing.stderr
+    capsys.readouterr()
+    assert recipes.cli(["esvit/swin_base_w14_300ep"]) == 0
+    show = capsys.readouterr().out
+    assert "64 GPUs x 8 = 512" in show and "--config configs/esvit/swin_base_w14" in show and "--accum_iter 64/G" in show
+    assert recipes.cli(["dino/nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no recipe 'dino/nope'" in err
 
 
 def test_a_recipe_that_does_not_describe_itself_is_refused(tmp_path):

@@ -105,7 +105,8 @@ class SiTv2(TrainingTask):
         parser.set_defaults(arch="vit_small", patch_size=16, out_dim=256, epochs=800, batch_size_per_gpu=32, lr=5e-4,
                             warmup_epochs=10, min_lr=1e-6, weight_decay=0.04, weight_decay_end=0.1, clip_grad=3.0,
                             momentum_teacher=0.996, drop_path_rate=0.1, saveckp_freq=20, optimizer="adamw",
-                            global_crops_size=224, output_dir="checkpoints/vit_small/trial")
+                            global_crops_size=224, output_dir="checkpoints/vit_small/trial",
+                            dataset="pets")  # main.py's --data_set default: Pets
 
     @classmethod
     def check_args(cls, args):
@@ -183,12 +184,21 @@ class SiTv2(TrainingTask):
 
 
 _V2_DATASETS = {"imagenet": "imagefolder", "imagefolder": "imagefolder", "stl10": "stl10", "cifar10": "cifar10",
-                "cifar100": "cifar100", "flowers": "flowers102", "flowers102": "flowers102",
-                "fashion_mnist": "fashion_mnist", "synthetic": "synthetic"}
+                "cifar100": "cifar100", "flowers": "flowers102", "flowers102": "flowers102", "pets": "pets",
+                "cars": "cars", "aircraft": "aircraft", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic"}
+#: SiT-v2's --data_set names whose file layouts ssvit does not read (refused by name, with the way round)
+_V2_UNREAD = {"cub": "CUB-200-2011's images.txt / train_test_split.txt layout is not read: give it as an ImageFolder "
+                     "(--data_set ImageFolder)",
+              "tinyimagenet": "TinyImageNet's val/ (val_annotations.txt, one flat images/ folder) is not read: "
+                              "give train/ and val/ as ImageFolders (--data_set ImageFolder)",
+              "imagenet5p": "ImageNet5p's 5 % subset list is not read: give the subset as an ImageFolder "
+                            "(--data_set ImageFolder)"}
 
 
 def _v2_dataset(name: str) -> str:
     key = name.lower().replace("-", "_")
+    if key in _V2_UNREAD:
+        raise argparse.ArgumentTypeError(f"--data_set {name}: {_V2_UNREAD[key]}")
     if key not in _V2_DATASETS:
         raise argparse.ArgumentTypeError(f"unknown --data_set {name!r}; known: {', '.join(sorted(_V2_DATASETS))}")
     return _V2_DATASETS[key]
