@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "ssl-losses": Command("ssvit.cli.ssl_losses", False, "SiT-v1's pretext losses of a checkpoint as metrics"),
     "analyze": Command("ssvit.cli.analyze", False, "EsViT's correspondence / attention / entropy analyses"),
     "make-sequences": Command("ssvit.cli.synthetic_sequences", False, "synthetic DAVIS / I-PACE sequences (tests, demos)"),
+    "esvit-mnodes": Command("ssvit.cli.esvit_mnodes", False, "EsViT's main_esvit_mnodes.py: one node of a multi-node run"),
     "relvit-script": Command("ssvit.cli.relvit_scripts", True, "RelViT's upstream.sh / downstream.sh seed scripts"),
     "recipes": Command("ssvit.cli.recipes", False, "the originals' published recipes (configs/): list, or show one"),
     "demo": Command("ssvit.cli.demo", True, "the main job: DINO on Fashion-MNIST, then k-NN, attention and a summary"),
