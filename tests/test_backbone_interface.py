@@ -15,6 +15,8 @@ BACKBONES = {
     "cvt_pico": ({}, 64, False, True),
     "vil_pico": ({}, 64, False, True),
     "sit_pico": (dict(patch_size=4, img_size=16), 16, False, False),
+    "resnet18": ({}, 64, False, False),
+    "xcit_pico": ({}, 32, False, False),
 }
 
 

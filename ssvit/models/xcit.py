@@ -38,6 +38,10 @@ class XCiT(Xcit, Backbone):
     def checkpoint_filter(self, sd: dict) -> dict:
         return checkpoint_filter_fn(dict(sd), self)
 
+    # ssvit's interface, not timm's of the same name: XCiT's blocks carry no CLS token (it joins in the
+    # class-attention blocks), so it is not a token model for DINO's / iBOT's per-block probes
+    forward_intermediates = Backbone.forward_intermediates
+
 
 def _xcit(patch, embed_dim, depth, num_heads, eta, drop_path_rate=0.0, img_size=224, **_):
     """The patch size is the name's (a ``--patch_size`` flag does not change it, as with DINO's hub models)."""
