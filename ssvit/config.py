@@ -69,7 +69,7 @@ def add_ssvit_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--global_crops_size", default=224, type=int, help="training image (global crop) size")
     p.add_argument("--dataset", default="imagefolder", type=str,
                    choices=["imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "stl10_unlabeled",
-                            "svhn", "flowers102", "pets", "aircraft", "cars", "synthetic"])
+                            "svhn", "flowers102", "pets", "aircraft", "cars", "tinyimagenet", "imagenet100", "synthetic"])
     p.add_argument("--download", default=False, type=bool_flag, help="let torchvision download the dataset")
     p.add_argument("--synthetic_size", default=256, type=int, help="images in --dataset synthetic")
     p.add_argument("--device", default="auto", type=str, choices=["auto", "cpu", "cuda"])

@@ -160,9 +160,9 @@ def test_data_set_names_default_pets_and_unread_layouts_are_refused_by_name(caps
     from ssvit.config import parse_with_config
     parse = lambda *a: parse_with_config(get_args_parser(["--method", "sit_v2"]), ["--method", "sit_v2", *a])  # noqa: E731
     assert parse().dataset == "pets"  # main.py's default --data_set Pets
-    assert [parse("--data_set", n).dataset for n in ("Pets", "Cars", "Aircraft", "Flowers", "CIFAR100")] == \
-        ["pets", "cars", "aircraft", "flowers102", "cifar100"]
-    for name, why in (("CUB", "images.txt"), ("TinyImageNet", "val_annotations.txt"), ("ImageNet5p", "5 % subset")):
+    assert [parse("--data_set", n).dataset for n in ("Pets", "Cars", "Aircraft", "Flowers", "CIFAR100", "TinyImageNet")] == \
+        ["pets", "cars", "aircraft", "flowers102", "cifar100", "tinyimagenet"]
+    for name, why in (("CUB", "images.txt"), ("ImageNet5p", "5 % subset")):
         with pytest.raises(SystemExit):
             parse("--data_set", name)
         err = capsys.readouterr().err

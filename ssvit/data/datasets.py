@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 DATASETS = ("imagefolder", "imagenet1k", "fashion_mnist", "cifar10", "cifar100", "stl10", "stl10_unlabeled", "svhn",
-            "flowers102", "pets", "aircraft", "cars", "synthetic")
+            "flowers102", "pets", "aircraft", "cars", "tinyimagenet", "imagenet100", "synthetic")
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
@@ -42,6 +42,8 @@ DATASET_INFO = {
     "pets": DatasetInfo(37, None),  # Oxford-IIIT Pets: trainval / test
     "aircraft": DatasetInfo(100, None),  # FGVC-Aircraft variants: trainval / test
     "cars": DatasetInfo(196, None),  # Stanford Cars: train / test
+    "tinyimagenet": DatasetInfo(200, 64),  # Tiny-ImageNet-200's own layout (data.folder_layouts)
+    "imagenet100": DatasetInfo(100, None),  # the ImageNet-100 layout: train.X1..X4, val.X, Labels.json
     "synthetic": DatasetInfo(10, 32),
 }
 
@@ -74,6 +76,20 @@ class ImageFolderSafe(Dataset):
         self.classes = self.folder.classes
         self.on_bad_image = on_bad_image
         self._bad = mp.Value("i", 0)
+
+    @classmethod
+    def from_samples(cls, samples: list, classes: list, on_bad_image: str = "skip", where: str = "") -> "ImageFolderSafe":
+        """The same dataset over an explicit ``[(path, label), ...]`` list (``folder_layouts``)."""
+        if on_bad_image not in ("skip", "fail"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
+        if not samples:
+            raise DataError(f"no images found under '{where}'")
+        self = cls.__new__(cls)
+        self.folder = None
+        self.samples, self.targets, self.classes = list(samples), [t for _, t in samples], list(classes)
+        self.on_bad_image = on_bad_image
+        self._bad = mp.Value("i", 0)
+        return self
 
     @property
     def bad_images(self) -> int:
@@ -270,6 +286,14 @@ def build_dataset(name: str, data_path: Optional[str], train: bool = True, downl
         return ImageFolderSafe(data_path, on_bad_image=on_bad_image)
     if name == "fashion_mnist":
         return FashionMNIST(data_path, train=train, download=download)
+    if name in ("tinyimagenet", "imagenet100"):
+        from . import folder_layouts
+        if not data_path or not os.path.isdir(data_path):
+            raise DataError(f"--data_path '{data_path}' must be the {name} folder")
+        if not folder_layouts.has_layout(name, data_path):  # already converted: data_path/train and /val ImageFolders
+            return ImageFolderSafe(os.path.join(data_path, "train" if train else "val"), on_bad_image=on_bad_image)
+        reader = folder_layouts.tiny_imagenet if name == "tinyimagenet" else folder_layouts.imagenet100
+        return reader(data_path, train, on_bad_image)
     if name == "synthetic":
         return SyntheticShapes(synthetic_size if train else max(synthetic_size // 4, 10),
                                synthetic_image_size, seed=0 if train else 1)

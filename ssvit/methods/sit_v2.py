@@ -185,12 +185,11 @@ class SiTv2(TrainingTask):
 
 _V2_DATASETS = {"imagenet": "imagefolder", "imagefolder": "imagefolder", "stl10": "stl10", "cifar10": "cifar10",
                 "cifar100": "cifar100", "flowers": "flowers102", "flowers102": "flowers102", "pets": "pets",
-                "cars": "cars", "aircraft": "aircraft", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic"}
+                "cars": "cars", "aircraft": "aircraft", "tinyimagenet": "tinyimagenet", "fashion_mnist": "fashion_mnist",
+                "synthetic": "synthetic"}
 #: SiT-v2's --data_set names whose file layouts ssvit does not read (refused by name, with the way round)
 _V2_UNREAD = {"cub": "CUB-200-2011's images.txt / train_test_split.txt layout is not read: give it as an ImageFolder "
                      "(--data_set ImageFolder)",
-              "tinyimagenet": "TinyImageNet's val/ (val_annotations.txt, one flat images/ folder) is not read: "
-                              "give train/ and val/ as ImageFolders (--data_set ImageFolder)",
               "imagenet5p": "ImageNet5p's 5 % subset list is not read: give the subset as an ImageFolder "
                             "(--data_set ImageFolder)"}
 
