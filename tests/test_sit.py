@@ -425,3 +425,16 @@ def test_an_original_layout_checkpoint_loads_for_knn_and_finetuning(tmp_path):
     assert ft.student.rot_head.weight.shape == (5, 96)
     out = ft.student.eval()(x)
     assert isinstance(out, tuple) and out[0].shape == (2, 5)
+
+
+def test_training_mode_finetune_from_a_config_file_is_refused_not_pretrained(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: sit\ntraining_mode: finetune\n")
+    from ssvit.cli.pretrain import get_args_parser
+    from ssvit.config import parse_with_config
+    from ssvit.methods.sit import SiT
+    argv = ["--config", str(cfg)]
+    args = parse_with_config(get_args_parser(argv), argv)
+    SiT.resolve_args(args)
+    with pytest.raises(ValueError, match="a --config file's training_mode: finetune is not redirected"):
+        SiT.check_args(args)

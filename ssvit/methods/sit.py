@@ -163,6 +163,10 @@ class SiT(WeightEMA, TrainingTask):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
+        if args.training_mode == "finetune":  # ssvit pretrain redirects it from the command line only
+            raise ValueError("--training-mode finetune is the finetuning task: ssvit pretrain runs it when the flag is "
+                             "on the command line; a --config file's training_mode: finetune is not redirected (give "
+                             "--training-mode finetune on the command line, or use main_finetune.py)")
         from ..models.registry import _ALIASES
         if not _ALIASES.get(args.arch, args.arch).startswith("sit_"):
             raise ValueError(f"--method sit trains a SiT ViT (sit_pico, sit_tiny, sit_small, sit_base / "
