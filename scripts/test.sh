@@ -9,4 +9,7 @@ bash scripts/setup.sh
 WORKERS=$(nproc 2>/dev/null || echo 1)
 [ "$WORKERS" -gt 4 ] && WORKERS=4
 [ "$WORKERS" -lt 2 ] && WORKERS=0   # one core: no worker processes
-exec .venv/bin/python -m pytest -q -n "$WORKERS" "$@"
+# worksteal: an idle worker takes queued tests from a busy one, so a long test near the end (the GPU
+# script's CPU mode) does not leave the other core idle
+DIST=(); [ "$WORKERS" -gt 0 ] && DIST=(--dist worksteal)
+exec .venv/bin/python -m pytest -q -n "$WORKERS" ${DIST[@]+"${DIST[@]}"} "$@"

@@ -17,11 +17,14 @@ set -u
 cd "$(dirname "$0")/.."
 DEVICE=cuda
 PART=all
+ONLY=""   # --only a,b: run just these checks (a rerun of the ones that failed, within the device budget)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --part) PART="$2"; shift 2 ;;
-    *) echo "usage: bash tools/gpu_smoke.sh [--device cuda|cpu] [--part correctness|bench|all]" >&2; exit 2 ;;
+    --only) ONLY=",$2,"; shift 2 ;;
+    *) echo "usage: bash tools/gpu_smoke.sh [--device cuda|cpu] [--part correctness|bench|all] [--only NAME,...]" >&2
+       exit 2 ;;
   esac
 done
 case "$PART" in correctness|bench|all) ;; *) echo "--part must be correctness, bench or all" >&2; exit 2 ;; esac
@@ -83,6 +86,7 @@ run_limited() {  # run_limited SECONDS FLAG CMD...: CMD (a command or a shell fu
 
 check() {  # check NAME CMD...: run under the time limit, time, report, one row of results.tsv
   local name="$1"; shift
+  case "$ONLY" in ""|*",$name,"*) ;; *) return 0 ;; esac  # not asked for with --only: no row
   local t0=$SECONDS log="$WORK/$name.log" rc
   run_limited "$CHECK_TIMEOUT" "$WORK/.timeout.$name" "$@" >"$log" 2>&1; rc=$?
   local dt=$((SECONDS - t0))
@@ -98,6 +102,7 @@ check() {  # check NAME CMD...: run under the time limit, time, report, one row 
 }
 
 expect() {  # expect NAME FILE PATTERN: the output of an earlier check holds PATTERN
+  case "$ONLY" in ""|*",$1,"*) ;; *) return 0 ;; esac
   if grep -q -- "$3" "$WORK/$2.log" 2>/dev/null; then echo "[smoke] $1: ok"; row "$1" ok 0
   else echo "[smoke] $1: FAILED (no '$3' in $2.log)"; row "$1" FAILED 0; FAILED=1; fi
 }
