@@ -106,6 +106,19 @@ def slurm_parameters(launcher: argparse.Namespace, args: argparse.Namespace, par
     return params
 
 
+#: SlurmExecutor parameter -> AutoExecutor's generic name (the others are AutoExecutor's ``slurm_*``)
+GENERIC_PARAMETERS = {"time": "timeout_min", "job_name": "name", "nodes": "nodes", "ntasks_per_node": "tasks_per_node",
+                      "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task"}
+
+
+def auto_executor_parameters(params: dict, mem_gb: Optional[int]) -> dict:
+    """``slurm_parameters``' values under ``submitit.AutoExecutor``'s names (memory as its ``mem_gb``)."""
+    out = {GENERIC_PARAMETERS.get(k, "slurm_" + k): v for k, v in params.items() if k != "mem"}
+    if mem_gb:
+        out["mem_gb"] = mem_gb
+    return out
+
+
 def sbatch_scripts(launcher, command: str, argv: list, folder: str, params: dict) -> str:
     """The sbatch script submitit submits for this job, then the same job without submitit (one task per
     node running torchrun; Slurm's ``--requeue`` and the run's own resume do what submitit's requeue does)."""
@@ -197,12 +210,7 @@ def main(argv=None):
     executor = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=30, cluster=launcher.cluster)
     if executor.cluster == "slurm" and not partition:
         raise SubmitError(f"give --partition (or set ${' / $'.join(PARTITION_ENV)}): ssvit has no site default")
-    executor.update_parameters(**{("slurm_" + k if k not in ("nodes",) else k): v for k, v in params.items()
-                                  if k not in ("time", "job_name", "ntasks_per_node", "gpus_per_node",
-                                               "cpus_per_task", "mem")},
-                               timeout_min=launcher.timeout, name=launcher.job_name, tasks_per_node=launcher.ngpus,
-                               gpus_per_node=launcher.ngpus, cpus_per_task=params["cpus_per_task"],
-                               **({"mem_gb": launcher.mem_gb} if launcher.mem_gb else {}))
+    executor.update_parameters(**auto_executor_parameters(params, launcher.mem_gb))
     if executor.cluster != "slurm":  # local/debug executors: no GPUs requested unless present
         executor.update_parameters(gpus_per_node=0 if getattr(args, "device", "auto") == "cpu" else launcher.ngpus)
     job = executor.submit(Job(launcher.command, rest))

@@ -41,27 +41,22 @@ class ResNet(tv.ResNet, Backbone):
         return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
 
-def _factory(block, layers):
-    def build(**kwargs) -> ResNet:
-        return ResNet(block, layers)
-    return build
-
-
+# torchvision's depths; the uniform kwargs (patch_size, img_size, drop_path_rate) do not apply to convnets
 @register_backbone
 def resnet18(**kwargs) -> ResNet:
-    return _factory(tv.BasicBlock, [2, 2, 2, 2])(**kwargs)
+    return ResNet(tv.BasicBlock, [2, 2, 2, 2])
 
 
 @register_backbone
 def resnet34(**kwargs) -> ResNet:
-    return _factory(tv.BasicBlock, [3, 4, 6, 3])(**kwargs)
+    return ResNet(tv.BasicBlock, [3, 4, 6, 3])
 
 
 @register_backbone
 def resnet50(**kwargs) -> ResNet:
-    return _factory(tv.Bottleneck, [3, 4, 6, 3])(**kwargs)
+    return ResNet(tv.Bottleneck, [3, 4, 6, 3])
 
 
 @register_backbone
 def resnet101(**kwargs) -> ResNet:
-    return _factory(tv.Bottleneck, [3, 4, 23, 3])(**kwargs)
+    return ResNet(tv.Bottleneck, [3, 4, 23, 3])
